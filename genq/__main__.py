@@ -1,0 +1,3 @@
+from genq.producer.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Tools for development, tests and benchmarks (they import torch and transformers)."""

@@ -1,0 +1,43 @@
+"""Every exception genq raises, named by intent. Messages say what was wrong and what to do."""
+
+from __future__ import annotations
+
+
+class GenqError(Exception):
+    """Base class of every genq error."""
+
+
+class InvalidJobError(GenqError, ValueError):
+    """The job (input file, items or parameters) is invalid; nothing was enqueued."""
+
+
+class InputFileError(InvalidJobError):
+    """The input file could not be read or parsed; nothing was enqueued."""
+
+
+class JobNotFoundError(GenqError, LookupError):
+    """No job with that id exists (never submitted, or expired after its TTL)."""
+
+
+class EnqueueError(GenqError):
+    """The job could not be handed to the queue; it is marked failed."""
+
+
+class BrokerUnavailableError(GenqError, ConnectionError):
+    """Redis could not be reached."""
+
+
+class WaitTimeoutError(GenqError, TimeoutError):
+    """The job did not end within the requested time; it keeps running."""
+
+
+class ModelLoadError(GenqError):
+    """The worker could not load the model or tokenizer."""
+
+
+class WorkerConfigError(GenqError):
+    """The worker was started with options it cannot honour."""
+
+
+class EmbeddedServerError(GenqError):
+    """The embedded Redis-compatible server (``genq run``) could not start."""

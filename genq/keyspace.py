@@ -1,0 +1,60 @@
+"""The Redis keyspace: every key genq (and its Celery broker) uses is built here, under ``genq:``.
+
+genq:job:{id}               hash   status, counters, timestamps, params/metadata (JSON)
+genq:job:{id}:results       hash   item index -> ItemResult JSON (first write wins)
+genq:jobs                   zset   job ids by creation time
+genq:workers                zset   worker ids by last heartbeat
+genq:worker:{id}            hash   WorkerInfo fields and counters
+genq:worker:{id}:batches    hash   sequences per batch -> number of batches
+genq:celery:*                      kombu's queues and bookkeeping (via global_keyprefix)
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "genq"
+SEPARATOR = ":"
+
+_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+
+
+def namespace(*parts: str) -> str:
+    """Build a key under the genq prefix. The one place keys are assembled."""
+    return SEPARATOR.join((PREFIX, *parts))
+
+
+def checked_id(value: str, what: str = "job id") -> str:
+    """Refuse ids that could reach outside their key (separators, wildcards, whitespace)."""
+    if not _ID.match(value):
+        raise ValueError(f"invalid {what} {value!r}: use letters, digits and _ . @ - only")
+    return value
+
+
+def job(job_id: str) -> str:
+    return namespace("job", checked_id(job_id))
+
+
+def results(job_id: str) -> str:
+    return namespace("job", checked_id(job_id), "results")
+
+
+def jobs_index() -> str:
+    return namespace("jobs")
+
+
+def workers_index() -> str:
+    return namespace("workers")
+
+
+def worker(worker_id: str) -> str:
+    return namespace("worker", checked_id(worker_id, "worker id"))
+
+
+def worker_batches(worker_id: str) -> str:
+    return namespace("worker", checked_id(worker_id, "worker id"), "batches")
+
+
+def celery_prefix() -> str:
+    """Prefix kombu puts before every key of the Celery broker (its ``global_keyprefix``)."""
+    return namespace("celery") + SEPARATOR

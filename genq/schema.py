@@ -1,0 +1,275 @@
+"""The job contract, defined once and shared by the producer, the worker, the CLI and the API.
+
+Serialisation happens here only: models go to Redis and Celery as ``model_dump_json`` strings and
+come back through ``model_validate_json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from genq import settings as defaults
+
+
+class JobStatus(str, Enum):
+    """Lifecycle of a job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"  # every item ended, with a result or a per-item error
+    FAILED = "failed"  # the job could not run at all (e.g. it could not be enqueued)
+    CANCELLED = "cancelled"
+
+
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+UNFINISHED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+
+FinishReason = Literal["length", "stop", "eos"]
+
+
+class GenerationParams(BaseModel):
+    """Generation parameters of one item (job defaults merged with the item's overrides).
+
+    ``max_length`` is the seed tutorial's total length (prompt + new tokens); the worker turns it
+    into ``max_new_tokens`` once the prompt is tokenised. Give one of the two, not both.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int | None = Field(None, ge=1, le=defaults.MAX_NEW_TOKENS_LIMIT)
+    max_length: int | None = Field(None, ge=2, le=defaults.MAX_NEW_TOKENS_LIMIT * 2)
+    do_sample: bool = True
+    temperature: float = Field(defaults.DEFAULT_TEMPERATURE, gt=0.0, le=100.0)
+    top_k: int = Field(defaults.DEFAULT_TOP_K, ge=0, le=1_000_000)
+    top_p: float = Field(defaults.DEFAULT_TOP_P, gt=0.0, le=1.0)
+    num_return_sequences: int = Field(1, ge=1, le=defaults.MAX_RETURN_SEQUENCES)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    stop: tuple[str, ...] = Field((), max_length=defaults.MAX_STOP_STRINGS)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return (value,)
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(s == "" for s in value):
+            raise ValueError("stop strings must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_length_limit(self) -> GenerationParams:
+        if self.max_new_tokens is not None and self.max_length is not None:
+            raise ValueError("give max_new_tokens or max_length (prompt + new tokens), not both")
+        if self.max_new_tokens is None and self.max_length is None:
+            object.__setattr__(self, "max_new_tokens", defaults.DEFAULT_MAX_NEW_TOKENS)
+        return self
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> GenerationParams:
+        """Return these parameters with ``overrides`` applied (validated; unknown keys refused).
+
+        An override of one length limit replaces the other, so a job default of
+        ``max_new_tokens`` and an item's ``max_length`` do not conflict.
+        """
+        if not overrides:
+            return self
+        base = self.model_dump(exclude_unset=True, exclude_defaults=False)
+        if "max_length" in overrides or "max_new_tokens" in overrides:
+            base.pop("max_length", None)
+            base.pop("max_new_tokens", None)
+        return GenerationParams.model_validate({**base, **overrides})
+
+
+class JobItem(BaseModel):
+    """One prompt of a job, as a user submits it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    custom_id: str | None = Field(None, min_length=1, max_length=defaults.MAX_CUSTOM_ID_CHARS)
+    params: dict[str, Any] | None = None
+
+
+class JobSpec(BaseModel):
+    """A validated job: items, default parameters and metadata. Every item's params are merged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[JobItem] = Field(min_length=1)
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+    @model_validator(mode="after")
+    def _unique_custom_ids(self) -> JobSpec:
+        for index, first, cid in duplicate_custom_ids(self.items):
+            raise ValueError(
+                f"duplicate custom_id {cid!r} at items {first} and {index}; "
+                "custom_id must be unique within a job"
+            )
+        return self
+
+    def work_items(self) -> list[WorkItem]:
+        """Each item with its identity and its fully merged parameters, as a worker gets it."""
+        return [
+            WorkItem(
+                index=index,
+                custom_id=item.custom_id if item.custom_id is not None else str(index),
+                prompt=item.prompt,
+                params=self.params.with_overrides(item.params),
+            )
+            for index, item in enumerate(self.items)
+        ]
+
+
+def duplicate_custom_ids(items: list[JobItem]) -> list[tuple[int, int, str]]:
+    """(index, index of first use, custom_id) for every item whose custom_id was already used."""
+    seen: dict[str, int] = {}
+    duplicates = []
+    for index, item in enumerate(items):
+        cid = item.custom_id if item.custom_id is not None else str(index)
+        if cid in seen:
+            duplicates.append((index, seen[cid], cid))
+        else:
+            seen[cid] = index
+    return duplicates
+
+
+class WorkItem(BaseModel):
+    """One item as the worker receives it: identity, prompt and fully merged parameters."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    custom_id: str
+    prompt: str
+    params: GenerationParams
+
+
+class WorkChunk(BaseModel):
+    """The body of one Celery message: several items of one job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str
+    enqueued_at: float
+    items: list[WorkItem] = Field(min_length=1)
+
+
+class ItemErrorType(str, Enum):
+    """Why an item ended without outputs."""
+
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"  # prompt + max_new_tokens > model context
+    INVALID_PARAMS = "invalid_params"  # parameters that only the tokenizer can check
+    EMPTY_PROMPT = "empty_prompt"  # the prompt tokenises to nothing
+    GENERATION_ERROR = "generation_error"  # the engine raised for this item
+
+
+class ErrorInfo(BaseModel):
+    """Why an item produced no output."""
+
+    type: str
+    message: str
+
+
+class Usage(BaseModel):
+    """Token counts, measured with the model's tokenizer."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0  # generated tokens summed over all returned sequences
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Timing(BaseModel):
+    """When the item moved through the system (epoch seconds) and how it was batched."""
+
+    enqueued_at: float
+    started_at: float
+    finished_at: float
+    batch_size: int = 0  # sequences in the forward pass that generated this item
+
+
+class ItemResult(BaseModel):
+    """The result of one item: its outputs, or an error."""
+
+    custom_id: str
+    index: int
+    prompt: str
+    outputs: list[str] = Field(default_factory=list)
+    finish_reason: FinishReason | None = None  # of the first output
+    finish_reasons: list[FinishReason] = Field(default_factory=list)
+    usage: Usage = Field(default_factory=Usage)
+    error: ErrorInfo | None = None
+    timing: Timing | None = None
+    worker_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class JobInfo(BaseModel):
+    """A job's status and counters, read in O(1) Redis calls."""
+
+    id: str
+    status: JobStatus
+    total: int
+    completed: int = 0  # items with a result and no error
+    failed: int = 0  # items that ended with an error
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    params: GenerationParams = Field(default_factory=GenerationParams)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None  # why the whole job failed, when status is failed
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+    @property
+    def pending(self) -> int:
+        return max(self.total - self.done, 0)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+class WorkerInfo(BaseModel):
+    """A worker's identity, configuration and counters, as it reports them in its heartbeat."""
+
+    id: str
+    hostname: str
+    pid: int
+    engine: str
+    model: str
+    device: str
+    max_batch_size: int
+    started_at: datetime
+    last_seen: datetime
+    batches: int = 0
+    items: int = 0
+    tokens: int = 0
+    batch_sizes: dict[int, int] = Field(default_factory=dict)  # sequences per batch -> count
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def from_epoch(value: str | bytes | float | None) -> datetime | None:
+    if value in (None, "", b""):
+        return None
+    return datetime.fromtimestamp(float(value), tz=timezone.utc)  # type: ignore[arg-type]

@@ -1,0 +1,83 @@
+"""Configuration: every default is a named constant here, overridable by ``GENQ_*`` variables."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# --- Connections -------------------------------------------------------------------------------
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_QUEUE = "generate"  # Celery queue name; kombu stores it under the genq: prefix
+
+# --- Model -------------------------------------------------------------------------------------
+DEFAULT_MODEL = "gpt2"  # Hugging Face model id or a local directory
+DEFAULT_DEVICE = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
+DEFAULT_ENGINE = "hf"  # hf (torch + transformers) | null (no model; measures the queue path)
+
+# --- Batching policy ---------------------------------------------------------------------------
+DEFAULT_MAX_BATCH_SIZE = 32  # sequences (prompts x num_return_sequences) per forward pass
+DEFAULT_MAX_BATCH_TOKENS = 32_768  # padded (prompt + new) tokens per batch: bounds memory
+DEFAULT_MAX_WAIT_MS = 50  # longest a lone prompt waits for batch neighbours
+DEFAULT_CHUNK_SIZE = 16  # prompts per Celery message: amortises the queue cost per prompt
+
+# --- Generation defaults (the seed tutorial's sampling settings) -------------------------------
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_K = 50
+DEFAULT_TOP_P = 0.95
+
+# --- Limits (validated at submission; each error says which limit and how to change it) -------
+MAX_NEW_TOKENS_LIMIT = 4_096
+MAX_RETURN_SEQUENCES = 16
+MAX_STOP_STRINGS = 8
+MAX_CUSTOM_ID_CHARS = 256
+DEFAULT_MAX_ITEMS_PER_JOB = 100_000
+DEFAULT_MAX_PROMPT_BYTES = 64 * 1024
+DEFAULT_MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
+
+# --- Lifetimes ---------------------------------------------------------------------------------
+DEFAULT_RESULT_TTL_S = 7 * 24 * 3600  # job record and results expire this long after the job ends
+DEFAULT_VISIBILITY_TIMEOUT_S = 3600  # kombu redelivers an unacknowledged message after this
+DEFAULT_HEARTBEAT_S = 5.0  # worker heartbeat period
+WORKER_TTL_FACTOR = 3  # a worker whose heartbeat is this many periods old counts as gone
+DEFAULT_POLL_INTERVAL_S = 0.5  # how often `wait` polls job status
+
+
+class Settings(BaseSettings):
+    """Runtime settings, read from ``GENQ_*`` environment variables (e.g. ``GENQ_REDIS_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    redis_url: str = DEFAULT_REDIS_URL
+    queue: str = Field(DEFAULT_QUEUE, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    model: str = DEFAULT_MODEL
+    device: str = Field(DEFAULT_DEVICE, pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    engine: str = Field(DEFAULT_ENGINE, pattern=r"^(hf|null)$")
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
+    max_batch_tokens: int = Field(DEFAULT_MAX_BATCH_TOKENS, ge=16)
+    max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=4096)
+    max_items_per_job: int = Field(DEFAULT_MAX_ITEMS_PER_JOB, ge=1)
+    max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1)
+    max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)
+    result_ttl_s: int = Field(DEFAULT_RESULT_TTL_S, ge=1)
+    visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
+    heartbeat_s: float = Field(DEFAULT_HEARTBEAT_S, gt=0)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{user}:***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,309 @@
+"""Job state in Redis: the only code that reads or writes genq's keys.
+
+Every multi-key change is one Lua script, so counters, results and status never disagree, and a
+redelivered message can never count an item twice (the first result written wins).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+from pydantic import TypeAdapter
+
+from genq import keyspace
+from genq.errors import BrokerUnavailableError, JobNotFoundError
+from genq.schema import (
+    GenerationParams,
+    ItemResult,
+    JobInfo,
+    JobSpec,
+    JobStatus,
+    WorkerInfo,
+    from_epoch,
+)
+from genq.settings import WORKER_TTL_FACTOR, redact_url
+
+_METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
+
+_TERMINAL_LUA = "{completed=true, failed=true, cancelled=true}"
+
+# KEYS: job, results. ARGV: now, ttl_s, then (index, ok, json) triples.
+# Returns the number of results that were new; -1 when the job no longer exists.
+_RECORD = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local terminal = {_TERMINAL_LUA}
+local new_ok, new_failed = 0, 0
+for i = 3, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
+    if ARGV[i + 1] == '1' then new_ok = new_ok + 1 else new_failed = new_failed + 1 end
+  end
+end
+local completed = redis.call('HINCRBY', KEYS[1], 'completed', new_ok)
+local failed = redis.call('HINCRBY', KEYS[1], 'failed', new_failed)
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+  status = 'running'
+end
+if status == 'running' and completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
+  status = 'completed'
+end
+if terminal[status] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return new_ok + new_failed
+"""
+
+# KEYS: job. ARGV: now. Moves a queued job to running; returns its status (false if missing).
+_BEGIN = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+  return 'running'
+end
+return status
+"""
+
+# KEYS: job, results. ARGV: now, ttl_s, new status, error. Ends an unfinished job.
+# Returns the status the job has afterwards (false if missing).
+_FINISH = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+local terminal = {_TERMINAL_LUA}
+if terminal[status] then return status end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return ARGV[3]
+"""
+
+
+def connect(redis_url: str) -> redis.Redis:
+    """Open a Redis client for ``redis_url`` (decoded responses, retries on transient errors)."""
+    try:
+        return redis.Redis.from_url(
+            redis_url,
+            decode_responses=True,
+            health_check_interval=30,
+            socket_connect_timeout=5,
+            socket_keepalive=True,
+            retry_on_timeout=True,
+        )
+    except ValueError as e:
+        raise BrokerUnavailableError(
+            f"invalid Redis URL {redact_url(redis_url)!r}: {e}. "
+            "Expected redis://[user:password@]host:port/db (or rediss:// for TLS)."
+        ) from e
+
+
+class JobStore:
+    """Reads and writes jobs, results and worker records in Redis."""
+
+    def __init__(self, client: redis.Redis, result_ttl_s: int) -> None:
+        self.redis = client
+        self.result_ttl_s = result_ttl_s
+        self._record = client.register_script(_RECORD)
+        self._begin = client.register_script(_BEGIN)
+        self._finish = client.register_script(_FINISH)
+
+    # --- jobs -----------------------------------------------------------------------------
+    def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:
+        now = time.time()
+        fields: dict[Any, str | int] = {
+            "id": job_id,
+            "status": JobStatus.QUEUED.value,
+            "total": len(spec.items),
+            "completed": 0,
+            "failed": 0,
+            "created_at": repr(now),
+            "params": spec.params.model_dump_json(),
+            "metadata": _dump_metadata(spec.metadata),
+        }
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keyspace.job(job_id), mapping=fields)
+            pipe.zadd(keyspace.jobs_index(), {job_id: now})
+            pipe.execute()
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobInfo:
+        """Status and counters of one job: one HGETALL, whatever the job's size."""
+        fields: dict[str, str] = self.redis.hgetall(keyspace.job(job_id))  # type: ignore[assignment]
+        if not fields:
+            raise JobNotFoundError(
+                f"no job {job_id!r}: it was never submitted to this Redis, or it expired "
+                "after its result TTL"
+            )
+        return _job_info(fields)
+
+    def list_jobs(self, limit: int = 20) -> list[JobInfo]:
+        """The most recent jobs, newest first; ids of expired jobs are pruned from the index."""
+        ids: list[str] = self.redis.zrevrange(keyspace.jobs_index(), 0, limit - 1)  # type: ignore[assignment]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keyspace.job(job_id))
+            rows = pipe.execute()
+        gone = [job_id for job_id, row in zip(ids, rows, strict=False) if not row]
+        if gone:
+            self.redis.zrem(keyspace.jobs_index(), *gone)
+        return [_job_info(row) for row in rows if row]
+
+    def cancel(self, job_id: str) -> JobInfo:
+        self._end(job_id, JobStatus.CANCELLED, "")
+        return self.get(job_id)
+
+    def fail(self, job_id: str, error: str) -> JobInfo:
+        self._end(job_id, JobStatus.FAILED, error)
+        return self.get(job_id)
+
+    def _end(self, job_id: str, status: JobStatus, error: str) -> None:
+        keys = [keyspace.job(job_id), keyspace.results(job_id)]
+        args: list[str | int] = [repr(time.time()), self.result_ttl_s, status.value, error]
+        if self._finish(keys=keys, args=args) is None:
+            self.get(job_id)  # raises JobNotFoundError
+
+    def statuses(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
+        """Current status of each job (None when it no longer exists), in one round trip."""
+        ids = list(job_ids)
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(keyspace.job(job_id), "status")
+            values = pipe.execute()
+        return {j: (JobStatus(v) if v else None) for j, v in zip(ids, values, strict=False)}
+
+    def begin(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
+        """Mark queued jobs running; return every job's status, in one round trip."""
+        ids = list(job_ids)
+        now = repr(time.time())
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                self._begin(keys=[keyspace.job(job_id)], args=[now], client=pipe)
+            values = pipe.execute()
+        return {j: (JobStatus(v) if v else None) for j, v in zip(ids, values, strict=False)}
+
+    # --- results --------------------------------------------------------------------------
+    def results(self, job_id: str, offset: int = 0, limit: int = 100) -> list[ItemResult]:
+        """Results in input order, from item ``offset``; items without a result are skipped."""
+        if offset < 0 or limit < 1:
+            raise ValueError("offset must be >= 0 and limit >= 1")
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keyspace.job(job_id), "total")
+            pipe.hmget(keyspace.results(job_id), [str(i) for i in range(offset, offset + limit)])
+            total, values = pipe.execute()
+        if total is None:
+            self.get(job_id)  # raises JobNotFoundError
+        return [ItemResult.model_validate_json(v) for v in values if v is not None]
+
+    def existing(self, job_id: str, indexes: Sequence[int]) -> set[int]:
+        """Which of ``indexes`` already have a result (a redelivered message must not rerun)."""
+        if not indexes:
+            return set()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for index in indexes:
+                pipe.hexists(keyspace.results(job_id), str(index))
+            flags = pipe.execute()
+        return {i for i, present in zip(indexes, flags, strict=False) if present}
+
+    def record(self, results_by_job: Mapping[str, Sequence[ItemResult]]) -> dict[str, int]:
+        """Store results (first write wins) and move counters, one script per job, pipelined.
+
+        Returns, per job, how many results were new (-1 when the job no longer exists).
+        """
+        now = repr(time.time())
+        jobs = [j for j, rs in results_by_job.items() if rs]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in jobs:
+                args: list[str | int] = [now, self.result_ttl_s]
+                for result in results_by_job[job_id]:
+                    args += [result.index, "1" if result.ok else "0", result.model_dump_json()]
+                keys = [keyspace.job(job_id), keyspace.results(job_id)]
+                self._record(keys=keys, args=args, client=pipe)
+            counts = pipe.execute()
+        return dict(zip(jobs, (int(c) for c in counts), strict=False))
+
+    # --- workers --------------------------------------------------------------------------
+    def register_worker(self, info: WorkerInfo, heartbeat_s: float) -> None:
+        fields: dict[Any, str | int] = info.model_dump(
+            mode="json", exclude={"batch_sizes", "started_at", "last_seen"}
+        )
+        fields["started_at"] = repr(info.started_at.timestamp())
+        fields["last_seen"] = repr(time.time())
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keyspace.worker_batches(info.id))
+            pipe.hset(keyspace.worker(info.id), mapping=fields)
+            pipe.zadd(keyspace.workers_index(), {info.id: time.time()})
+            self._expire_worker(pipe, info.id, heartbeat_s)
+            pipe.execute()
+
+    def heartbeat(self, worker_id: str, heartbeat_s: float) -> None:
+        now = time.time()
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keyspace.worker(worker_id), "last_seen", repr(now))
+            pipe.zadd(keyspace.workers_index(), {worker_id: now})
+            self._expire_worker(pipe, worker_id, heartbeat_s)
+            pipe.execute()
+
+    def record_batch(self, worker_id: str, sequences: int, items: int, tokens: int) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hincrby(keyspace.worker_batches(worker_id), str(sequences), 1)
+            pipe.hincrby(keyspace.worker(worker_id), "batches", 1)
+            pipe.hincrby(keyspace.worker(worker_id), "items", items)
+            pipe.hincrby(keyspace.worker(worker_id), "tokens", tokens)
+            pipe.execute()
+
+    def remove_worker(self, worker_id: str) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keyspace.worker(worker_id), keyspace.worker_batches(worker_id))
+            pipe.zrem(keyspace.workers_index(), worker_id)
+            pipe.execute()
+
+    def workers(self, heartbeat_s: float) -> list[WorkerInfo]:
+        """Workers whose heartbeat is recent, oldest first; stale entries are pruned."""
+        cutoff = time.time() - heartbeat_s * WORKER_TTL_FACTOR
+        self.redis.zremrangebyscore(keyspace.workers_index(), "-inf", cutoff)
+        ids: list[str] = self.redis.zrange(keyspace.workers_index(), 0, -1)  # type: ignore[assignment]
+        with self.redis.pipeline(transaction=False) as pipe:
+            for worker_id in ids:
+                pipe.hgetall(keyspace.worker(worker_id))
+                pipe.hgetall(keyspace.worker_batches(worker_id))
+            rows = pipe.execute()
+        out = []
+        for fields, sizes in zip(rows[::2], rows[1::2], strict=False):
+            if not fields:
+                continue
+            data = dict(fields)
+            data["started_at"] = from_epoch(data.get("started_at"))
+            data["last_seen"] = from_epoch(data.get("last_seen"))
+            data["batch_sizes"] = {int(k): int(v) for k, v in sizes.items()}
+            out.append(WorkerInfo.model_validate(data))
+        return out
+
+    def _expire_worker(self, pipe: redis.client.Pipeline, worker_id: str, hb: float) -> None:
+        ttl = max(int(hb * WORKER_TTL_FACTOR) + 1, 2)
+        pipe.expire(keyspace.worker(worker_id), ttl)
+        pipe.expire(keyspace.worker_batches(worker_id), ttl)
+
+
+def _dump_metadata(metadata: Mapping[str, str]) -> str:
+    return _METADATA.dump_json(dict(metadata)).decode()
+
+
+def _job_info(fields: Mapping[str, str]) -> JobInfo:
+    return JobInfo(
+        id=fields["id"],
+        status=JobStatus(fields["status"]),
+        total=int(fields["total"]),
+        completed=int(fields.get("completed", 0)),
+        failed=int(fields.get("failed", 0)),
+        created_at=from_epoch(fields["created_at"]),  # type: ignore[arg-type]
+        started_at=from_epoch(fields.get("started_at")),
+        finished_at=from_epoch(fields.get("finished_at")),
+        params=GenerationParams.model_validate_json(fields.get("params") or "{}"),
+        metadata=_METADATA.validate_json(fields.get("metadata") or "{}"),
+        error=fields.get("error") or None,
+    )

@@ -1,0 +1,60 @@
+"""The engine interface: tokenise prompts, and generate for a batch of prepared items."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from genq.schema import FinishReason, GenerationParams, WorkItem
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A work item ready for the model: tokenised, with its length limit resolved."""
+
+    job_id: str
+    enqueued_at: float
+    item: WorkItem
+    prompt_ids: list[int]
+    max_new_tokens: int
+
+    @property
+    def params(self) -> GenerationParams:
+        return self.item.params
+
+    @property
+    def rows(self) -> int:
+        """Sequences this item adds to a forward pass."""
+        return self.item.params.num_return_sequences
+
+
+@dataclass
+class Generation:
+    """What an engine produced for one item (prompt excluded from the outputs)."""
+
+    outputs: list[str]
+    finish_reasons: list[FinishReason]
+    completion_tokens: int
+    token_counts: list[int] = field(default_factory=list)
+
+
+class Engine(Protocol):
+    """A text-generation backend. Implementations load their model once, in ``__init__``."""
+
+    name: str
+    model_name: str
+    device: str
+    max_context: int | None  # positions the model has (prompt + new tokens); None: unbounded
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` as the model sees it (no special tokens added)."""
+        ...
+
+    def generate(self, batch: Sequence[Prepared]) -> list[Generation]:
+        """Generate for every item of ``batch`` (which share sampling parameters), in order."""
+        ...
+
+    def warmup(self) -> None:
+        """Run one small generation so the first real batch pays no start-up cost."""
+        ...

