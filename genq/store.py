@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -59,14 +60,20 @@ end
 return new_ok + new_failed
 """
 
-# KEYS: job. ARGV: now. Moves a queued job to running; returns its status (false if missing).
-_BEGIN = """
+# KEYS: job, results. ARGV: now, then item indexes. Moves a queued job to running; returns
+# {status or false, indexes that already have a result}.
+_ADMIT = """
 local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {false, {}} end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-  return 'running'
+  status = 'running'
 end
-return status
+local done = {}
+for i = 2, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then table.insert(done, tonumber(ARGV[i])) end
+end
+return {status, done}
 """
 
 # KEYS: job, results. ARGV: now, ttl_s, new status, error. Ends an unfinished job.
@@ -82,6 +89,16 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return ARGV[3]
 """
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """One forward-pass batch, for its worker's counters."""
+
+    worker_id: str
+    sequences: int
+    items: int
+    tokens: int
 
 
 def connect(redis_url: str) -> redis.Redis:
@@ -109,8 +126,8 @@ class JobStore:
         self.redis = client
         self.result_ttl_s = result_ttl_s
         self._record = client.register_script(_RECORD)
-        self._begin = client.register_script(_BEGIN)
         self._finish = client.register_script(_FINISH)
+        self._admit = client.register_script(_ADMIT)
 
     # --- jobs -----------------------------------------------------------------------------
     def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:
@@ -176,15 +193,14 @@ class JobStore:
             values = pipe.execute()
         return {j: (JobStatus(v) if v else None) for j, v in zip(ids, values, strict=False)}
 
-    def begin(self, job_ids: Iterable[str]) -> dict[str, JobStatus | None]:
-        """Mark queued jobs running; return every job's status, in one round trip."""
-        ids = list(job_ids)
-        now = repr(time.time())
-        with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                self._begin(keys=[keyspace.job(job_id)], args=[now], client=pipe)
-            values = pipe.execute()
-        return {j: (JobStatus(v) if v else None) for j, v in zip(ids, values, strict=False)}
+    def admit(self, job_id: str, indexes: Sequence[int]) -> tuple[JobStatus | None, set[int]]:
+        """Mark the job running; return its status and which ``indexes`` already have a result.
+
+        One round trip: a worker calls it for every message it receives.
+        """
+        keys = [keyspace.job(job_id), keyspace.results(job_id)]
+        status, done = self._admit(keys=keys, args=[repr(time.time()), *indexes])
+        return (JobStatus(status) if status else None), {int(i) for i in done}
 
     # --- results --------------------------------------------------------------------------
     def results(self, job_id: str, offset: int = 0, limit: int = 100) -> list[ItemResult]:
@@ -199,24 +215,19 @@ class JobStore:
             self.get(job_id)  # raises JobNotFoundError
         return [ItemResult.model_validate_json(v) for v in values if v is not None]
 
-    def existing(self, job_id: str, indexes: Sequence[int]) -> set[int]:
-        """Which of ``indexes`` already have a result (a redelivered message must not rerun)."""
-        if not indexes:
-            return set()
-        with self.redis.pipeline(transaction=False) as pipe:
-            for index in indexes:
-                pipe.hexists(keyspace.results(job_id), str(index))
-            flags = pipe.execute()
-        return {i for i, present in zip(indexes, flags, strict=False) if present}
-
-    def record(self, results_by_job: Mapping[str, Sequence[ItemResult]]) -> dict[str, int]:
+    def record(
+        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None = None
+    ) -> dict[str, int]:
         """Store results (first write wins) and move counters, one script per job, pipelined.
 
+        ``batch``, when given, adds the batch to its worker's counters in the same round trip.
         Returns, per job, how many results were new (-1 when the job no longer exists).
         """
         now = repr(time.time())
         jobs = [j for j, rs in results_by_job.items() if rs]
         with self.redis.pipeline(transaction=False) as pipe:
+            if batch is not None:
+                self._count_batch(pipe, batch)
             for job_id in jobs:
                 args: list[str | int] = [now, self.result_ttl_s]
                 for result in results_by_job[job_id]:
@@ -248,13 +259,11 @@ class JobStore:
             self._expire_worker(pipe, worker_id, heartbeat_s)
             pipe.execute()
 
-    def record_batch(self, worker_id: str, sequences: int, items: int, tokens: int) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keyspace.worker_batches(worker_id), str(sequences), 1)
-            pipe.hincrby(keyspace.worker(worker_id), "batches", 1)
-            pipe.hincrby(keyspace.worker(worker_id), "items", items)
-            pipe.hincrby(keyspace.worker(worker_id), "tokens", tokens)
-            pipe.execute()
+    def _count_batch(self, pipe: redis.client.Pipeline, batch: BatchStats) -> None:
+        pipe.hincrby(keyspace.worker_batches(batch.worker_id), str(batch.sequences), 1)
+        pipe.hincrby(keyspace.worker(batch.worker_id), "batches", 1)
+        pipe.hincrby(keyspace.worker(batch.worker_id), "items", batch.items)
+        pipe.hincrby(keyspace.worker(batch.worker_id), "tokens", batch.tokens)
 
     def remove_worker(self, worker_id: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:

@@ -17,7 +17,7 @@ def test_producer_side_never_loads_the_worker_torch_or_transformers() -> None:
     code = (
         "import sys, json; import genq; from genq import Client; import genq.producer.cli; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'torch', 'transformers', 'celery_batches'} or m.startswith('genq.worker'))))"
+        "{'torch', 'transformers', 'ctranslate2'} or m.startswith('genq.worker'))))"
     )
     loaded = json.loads(subprocess.check_output([sys.executable, "-c", code], text=True))
     assert loaded == []

@@ -99,7 +99,9 @@ def test_unknown_job_says_it_may_have_expired(store: JobStore) -> None:
         store.results("0" * 32)
 
 
-def test_begin_moves_queued_jobs_to_running(store: JobStore) -> None:
-    job_id = make_job(store, 1)
-    assert store.begin([job_id, "f" * 32]) == {job_id: JobStatus.RUNNING, "f" * 32: None}
+def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) -> None:
+    job_id = make_job(store, 3)
+    store.record({job_id: [result(1)]})
+    assert store.admit(job_id, [0, 1, 2]) == (JobStatus.RUNNING, {1})
     assert store.get(job_id).started_at is not None
+    assert store.admit("f" * 32, [0]) == (None, set())

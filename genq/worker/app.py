@@ -1,11 +1,11 @@
-"""The worker process: load the engine once, then consume Celery messages in batches.
+"""The worker process: load the engine once, then feed queue messages to a batching loop.
 
-Batching on the Celery side uses celery-batches: its ``Batches`` task buffers messages and
-flushes them as one call when ``flush_every`` have arrived or ``flush_interval`` has passed.
-Each message carries a chunk of prompts, so one flush holds up to ``max_batch_size`` chunks,
-from any number of jobs; the batching policy then cuts model batches across all of them.
-The pool is ``solo``: the model lives in the main process (no fork after CUDA initialisation)
-and celery-batches runs the flush there.
+Why not celery-batches: it runs each flush on the consumer thread, so no message is received
+while the model works, and a flush is processed as a unit (a small job waits for a big job's
+messages to finish). Here the consumer thread only admits messages into the scheduler's pool
+(tokenised, checked), while an engine thread draws batches from that pool across messages and
+jobs; a message is acknowledged, through the consumer's event loop, when its last prompt has
+a result. The pool is ``solo``: the model lives in this process (no fork after CUDA init).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from celery import Celery, signals
-from celery_batches import Batches
+from celery import Celery, Task, bootsteps, signals
 from pydantic import ValidationError
 
 from genq.broker import GENERATE_TASK, celery_app
@@ -29,42 +28,149 @@ from genq.settings import Settings
 from genq.store import JobStore, connect
 from genq.worker.engines import Engine, load_engine
 from genq.worker.runner import BatchRunner
+from genq.worker.scheduler import Delivery, Scheduler
 
 log = logging.getLogger("genq.worker")
 
 # Celery options a genq worker decides itself: one solo process per GPU.
 _RESERVED_OPTIONS = ("-P", "--pool", "-c", "--concurrency", "-Q", "--queues", "--autoscale")
+RETRY_DELAY_S = 1.0  # after a batch's results could not be written (Redis away)
+SHUTDOWN_GRACE_S = 300.0  # how long a warm shutdown waits for the batch in flight
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
-def create_app(settings: Settings, runner: BatchRunner) -> Celery:
-    """The worker's Celery app with the batch task registered on genq's queue."""
-    app = celery_app(settings)
-    # Unacknowledged messages sit in the buffer until their flush ends, so the prefetch window
-    # must hold a whole flush (celery-batches' requirement); no more, so that other workers
-    # get the rest of the queue.
-    app.conf.worker_prefetch_multiplier = settings.max_batch_size
+class FlowControl:
+    """Keeps about ``target`` prompts buffered by moving the prefetch window one message at a time.
 
-    @app.task(  # type: ignore[untyped-decorator]
-        name=GENERATE_TASK,
-        base=Batches,
-        flush_every=settings.max_batch_size,
-        flush_interval=settings.max_wait_ms / 1000.0,
-        acks_late=True,
-    )
-    def generate(requests: Sequence[Any]) -> None:
-        chunks = []
-        for request in requests:
+    Messages carry any number of prompts, so a window counted in messages would either starve
+    the engine (small messages) or hoard a queue that other workers could serve (big ones).
+    Runs on the consumer thread; other threads call :meth:`soon`.
+    """
+
+    def __init__(self, scheduler: Scheduler, target_prompts: int) -> None:
+        self.scheduler = scheduler
+        self.target = target_prompts
+        self.consumer: Any = None
+
+    def update(self) -> None:
+        qos = getattr(self.consumer, "qos", None)
+        if qos is None:
+            return
+        held = self.scheduler.held()
+        want = held + 1 if self.scheduler.pending() < self.target else max(held, 1)
+        if want != qos.value:
+            qos.value = want
+            qos.update()
+
+    def soon(self) -> None:
+        if self.consumer is not None:
+            self.consumer.call_soon(self.update)
+
+
+class EngineLoop(threading.Thread):
+    """Runs batches drawn from the scheduler until it is closed."""
+
+    def __init__(self, scheduler: Scheduler, runner: BatchRunner, flow: FlowControl) -> None:
+        super().__init__(name="genq-engine", daemon=True)
+        self.scheduler = scheduler
+        self.runner = runner
+        self.flow = flow
+
+    def run(self) -> None:
+        while (batch := self.scheduler.next_batch()) is not None:
+            self.flow.soon()  # room in the pool: fetch the next message while this batch runs
             try:
-                chunks.append(WorkChunk.model_validate_json(request.args[0]))
-            except (ValidationError, IndexError, TypeError, ValueError) as e:
-                log.error("dropping malformed message %s: %s", request.id, e)
-        if chunks:
-            runner.process(chunks)
+                self.runner.run([entry.prepared for entry in batch])
+            except Exception:
+                log.exception("could not run or record a batch of %d; retrying", len(batch))
+                self.scheduler.retry_later(batch)
+                threading.Event().wait(RETRY_DELAY_S)
+                continue
+            self.scheduler.complete(batch)
 
+
+def create_app(settings: Settings, runner: BatchRunner, scheduler: Scheduler) -> Celery:
+    """The worker's Celery app: genq's task admits each message into ``scheduler``."""
+    app = celery_app(settings)
+    app.conf.worker_prefetch_multiplier = 1  # FlowControl moves the window from there
+    flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
+    loop = EngineLoop(scheduler, runner, flow)
+
+    class GenerateTask(Task):  # type: ignore[misc]
+        name = GENERATE_TASK
+        acks_late = True
+
+        def run(self, *args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError("genq.generate runs through the worker's engine loop")
+
+        def Strategy(self, task: Task, app: Celery, consumer: Any) -> Any:
+            errors = consumer.connection_errors
+            flow.consumer = consumer
+
+            def acknowledge(message: Any) -> None:
+                message.ack_log_error(log, errors)
+                flow.update()
+
+            def on_message(
+                message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
+            ) -> None:
+                # Decoding checks the content type: a pickled message raises
+                # ContentDisallowed here, which Celery logs and rejects, never unpickling it.
+                payload = message.payload if body is None else body
+                try:
+                    args = payload["args"] if isinstance(payload, dict) else payload[0]
+                    chunk = WorkChunk.model_validate_json(args[0])
+                except (ValidationError, IndexError, KeyError, TypeError, ValueError) as e:
+                    log.error(
+                        "dropping malformed message %s: %s",
+                        message.headers.get("id") if message.headers else "?",
+                        e,
+                    )
+                    reject(log, errors)
+                    return
+                ready = runner.admit(chunk)
+                # The engine thread finishes deliveries; the ack itself runs on this thread.
+                delivery = Delivery(
+                    chunk.job_id, len(ready), lambda: consumer.call_soon(acknowledge, message)
+                )
+                scheduler.add(delivery, ready)
+                flow.update()
+
+            return on_message
+
+    app.register_task(GenerateTask())
+
+    class EngineStep(bootsteps.StartStopStep):  # type: ignore[misc]
+        """Starts the engine loop with the consumer; drains it at warm shutdown."""
+
+        requires = frozenset({"celery.worker.consumer.tasks:Tasks"})
+
+        def start(self, c: Any) -> None:
+            flow.consumer = c
+            flow.update()
+            if not loop.is_alive():
+                loop.start()
+
+        def stop(self, c: Any) -> None:
+            # The connection is being re-established: the broker redelivers what was
+            # buffered, so forget it rather than run it twice.
+            dropped = scheduler.drop_pending()
+            if dropped:
+                log.warning("connection restart: %d buffered item(s) left to redelivery", dropped)
+
+        def shutdown(self, c: Any) -> None:
+            # Warm shutdown: the batch in flight finishes and its results are written; items
+            # not started go back to the queue when kombu restores unacknowledged messages.
+            scheduler.close()
+            loop.join(SHUTDOWN_GRACE_S)
+            log.warning(
+                "engine loop stopped; %d waiting item(s) handed back", scheduler.drop_pending()
+            )
+
+    app.steps["consumer"].add(EngineStep)
     return app
 
 
@@ -108,7 +214,8 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     store = JobStore(connect(settings.redis_url), settings.result_ttl_s)
     worker_id = new_worker_id()
     runner = BatchRunner(engine, store, settings, worker_id)
-    app = create_app(settings, runner)
+    scheduler = Scheduler(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms)
+    app = create_app(settings, runner, scheduler)
     info = WorkerInfo(
         id=worker_id,
         hostname=socket.gethostname(),
@@ -138,6 +245,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     argv = [
         "worker",
         "--pool=solo",
+        "--concurrency=1",
         f"--queues={settings.queue}",
         f"--hostname=genq-{worker_id}@%h",
         "--without-gossip",

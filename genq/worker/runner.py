@@ -1,7 +1,7 @@
-"""Turns a flush of Celery messages into model batches and writes every result back.
+"""Turns queue messages into prepared items, and batches of them into stored results.
 
 Idempotent by construction: items whose job has ended, or that already have a result (a
-redelivered message), are skipped, and the store keeps the first result written for an item.
+redelivered message), are not run again, and the store keeps the first result written.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from genq.schema import (
     WorkItem,
 )
 from genq.settings import Settings
-from genq.store import JobStore
+from genq.store import BatchStats, JobStore
 from genq.worker.batching import plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared
 
@@ -38,7 +38,7 @@ class ItemRejected(Exception):
 
 
 class BatchRunner:
-    """Runs buffered work items through an engine in batches and records their results."""
+    """Prepares work items for an engine, runs batches, and records every result."""
 
     def __init__(self, engine: Engine, store: JobStore, settings: Settings, worker_id: str):
         self.engine = engine
@@ -46,45 +46,51 @@ class BatchRunner:
         self.settings = settings
         self.worker_id = worker_id
 
-    def process(self, chunks: Sequence[WorkChunk]) -> None:
-        """Generate for every item of ``chunks`` that still needs a result."""
+    def admit(self, chunk: WorkChunk) -> list[Prepared]:
+        """The chunk's items that still need generating, tokenised and checked.
+
+        Items that cannot run (too long for the context, ...) get their error result here.
+        """
+        status, done = self.store.admit(chunk.job_id, [item.index for item in chunk.items])
+        if status is None or status in TERMINAL:
+            log.info(
+                "skipping %d item(s) of job %s (%s)",
+                len(chunk.items),
+                chunk.job_id,
+                status.value if status else "gone",
+            )
+            return []
         ready: list[Prepared] = []
-        rejected: dict[str, list[ItemResult]] = defaultdict(list)
-        for chunk, item in self._live_items(chunks):
+        rejected: list[ItemResult] = []
+        for item in chunk.items:
+            if item.index in done:
+                continue
             started = time.time()
             try:
                 ready.append(self._prepare(chunk, item))
             except ItemRejected as e:
                 result = self._result(chunk.job_id, chunk.enqueued_at, item, started)
                 result.error = e.error
-                rejected[chunk.job_id].append(result)
+                rejected.append(result)
         if rejected:
-            self.store.record(rejected)
+            self.store.record({chunk.job_id: rejected})
+        return ready
+
+    def run(self, batch: Sequence[Prepared]) -> None:
+        """Generate for one batch and record its results; items of ended jobs are skipped."""
+        # A job cancelled while its items wait stops at the next batch boundary.
+        statuses = self.store.statuses({p.job_id for p in batch})
+        live = [p for p in batch if statuses[p.job_id] not in TERMINAL | {None}]
+        if live:
+            self._run(live)
+
+    def process(self, chunks: Sequence[WorkChunk]) -> None:
+        """Admit and run ``chunks`` synchronously (the worker loop does this incrementally)."""
+        ready = [p for chunk in chunks for p in self.admit(chunk)]
         for batch in plan_batches(
             ready, self.settings.max_batch_size, self.settings.max_batch_tokens
         ):
-            # A job cancelled while this flush runs stops at the next batch boundary.
-            statuses = self.store.statuses({p.job_id for p in batch})
-            batch = [p for p in batch if statuses[p.job_id] not in TERMINAL | {None}]
-            if batch:
-                self._run(batch)
-
-    def _live_items(self, chunks: Sequence[WorkChunk]) -> list[tuple[WorkChunk, WorkItem]]:
-        statuses = self.store.begin({c.job_id for c in chunks})
-        live = []
-        for chunk in chunks:
-            status = statuses.get(chunk.job_id)
-            if status is None or status in TERMINAL:
-                log.info(
-                    "skipping %d item(s) of job %s (%s)",
-                    len(chunk.items),
-                    chunk.job_id,
-                    status.value if status else "gone",
-                )
-                continue
-            done = self.store.existing(chunk.job_id, [item.index for item in chunk.items])
-            live += [(chunk, item) for item in chunk.items if item.index not in done]
-        return live
+            self.run(batch)
 
     def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
         ids = self.engine.encode(item.prompt)
@@ -137,11 +143,9 @@ class BatchRunner:
         by_job: dict[str, list[ItemResult]] = defaultdict(list)
         tokens = 0
         for prepared, generation in zip(batch, generations, strict=True):
-            result = self._completed(prepared, generation, started, rows)
             tokens += generation.completion_tokens
-            by_job[prepared.job_id].append(result)
-        self.store.record(by_job)
-        self.store.record_batch(self.worker_id, rows, len(batch), tokens)
+            by_job[prepared.job_id].append(self._completed(prepared, generation, started, rows))
+        self.store.record(by_job, BatchStats(self.worker_id, rows, len(batch), tokens))
 
     def _completed(
         self, prepared: Prepared, generation: Generation, started: float, rows: int

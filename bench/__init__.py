@@ -1,0 +1,1 @@
+"""Throughput benchmarks (not part of the test suite). Run: python -m bench --help"""
