@@ -70,6 +70,11 @@ class GenerationParams(BaseModel):
     def _one_length_limit(self) -> GenerationParams:
         if self.max_new_tokens is not None and self.max_length is not None:
             raise ValueError("give max_new_tokens or max_length (prompt + new tokens), not both")
+        if self.num_return_sequences > 1 and not self.do_sample:
+            raise ValueError(
+                "num_return_sequences > 1 needs sampling (greedy decoding would return the same "
+                "output every time); drop --greedy / do_sample=false"
+            )
         if self.max_new_tokens is None and self.max_length is None:
             object.__setattr__(self, "max_new_tokens", defaults.DEFAULT_MAX_NEW_TOKENS)
         return self

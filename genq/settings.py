@@ -14,7 +14,9 @@ DEFAULT_QUEUE = "generate"  # Celery queue name; kombu stores it under the genq:
 # --- Model -------------------------------------------------------------------------------------
 DEFAULT_MODEL = "gpt2"  # Hugging Face model id or a local directory
 DEFAULT_DEVICE = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
-DEFAULT_ENGINE = "hf"  # hf (torch + transformers) | null (no model; measures the queue path)
+DEFAULT_ENGINE = "hf"  # hf (torch + transformers) | ct2 (CTranslate2) | null (no model)
+DEFAULT_CT2_COMPUTE_TYPE = "auto"  # auto: int8 on CPU, int8_float16 on CUDA; or float32, ...
+DEFAULT_CACHE_DIR = "~/.cache/genq"  # converted models (ct2) live here
 
 # --- Batching policy ---------------------------------------------------------------------------
 DEFAULT_MAX_BATCH_SIZE = 32  # sequences (prompts x num_return_sequences) per forward pass
@@ -54,7 +56,12 @@ class Settings(BaseSettings):
     queue: str = Field(DEFAULT_QUEUE, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     model: str = DEFAULT_MODEL
     device: str = Field(DEFAULT_DEVICE, pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    engine: str = Field(DEFAULT_ENGINE, pattern=r"^(hf|null)$")
+    engine: str = Field(DEFAULT_ENGINE, pattern=r"^(hf|ct2|null)$")
+    ct2_compute_type: str = Field(
+        DEFAULT_CT2_COMPUTE_TYPE,
+        pattern=r"^(auto|default|int8|int8_float32|int8_float16|int8_bfloat16|int16|float16|bfloat16|float32)$",
+    )
+    cache_dir: str = DEFAULT_CACHE_DIR
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
     max_batch_tokens: int = Field(DEFAULT_MAX_BATCH_TOKENS, ge=16)
     max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)

@@ -173,6 +173,26 @@ def worker(start_worker: StartWorker) -> WorkerProcess:
     return start_worker(max_batch_size="16", max_wait_ms="300")
 
 
+@pytest.fixture(scope="session", params=["hf", "ct2", "null"])
+def engine_worker(
+    request: pytest.FixtureRequest,
+    start_worker: StartWorker,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[str, str]:
+    """A worker of each engine, each on its own queue; yields (engine, queue)."""
+    engine: str = request.param
+    queue = f"generate-{engine}"
+    start_worker(
+        engine=engine,
+        queue=queue,
+        max_batch_size="16",
+        max_wait_ms="200",
+        ct2_compute_type="float32",
+        cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )
+    return engine, queue
+
+
 @pytest.fixture
 def settings(redis_server: RedisProcess) -> Settings:
     return Settings(redis_url=redis_server.url, chunk_size=4)

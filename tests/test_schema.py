@@ -112,3 +112,8 @@ def test_messages_round_trip_through_json() -> None:
 def test_terminal_statuses() -> None:
     assert {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED} == TERMINAL
     assert JobStatus.RUNNING not in TERMINAL
+
+
+def test_several_sequences_need_sampling() -> None:
+    with pytest.raises(ValidationError, match="needs sampling"):
+        GenerationParams(do_sample=False, num_return_sequences=2)

@@ -132,7 +132,9 @@ class RowStopper(StoppingCriteria):  # type: ignore[misc]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
     def _hit_stop(self, generated: torch.Tensor, row: int) -> bool:
-        text: str = self.tokenizer.decode(generated.tolist(), skip_special_tokens=True)  # type: ignore[assignment]
+        text: str = self.tokenizer.decode(
+            generated.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+        )  # type: ignore[assignment]
         return any(s in text for s in self.stops[row])
 
 
@@ -232,7 +234,9 @@ class HFEngine:
             for row in range(i * n, (i + 1) * n):
                 ids = generated[row]
                 reason, count = stopper.finished.get(row, ("length", min(limits[row], len(ids))))
-                text: str = self.tokenizer.decode(ids[:count], skip_special_tokens=True)  # type: ignore[assignment]
+                text: str = self.tokenizer.decode(
+                    ids[:count], skip_special_tokens=True, clean_up_tokenization_spaces=False
+                )  # type: ignore[assignment]
                 if reason == "stop":
                     text = text[: min(text.find(s) for s in prepared.params.stop if s in text)]
                 outputs.append(text)
