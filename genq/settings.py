@@ -19,6 +19,7 @@ DEFAULT_CT2_COMPUTE_TYPE = "auto"  # auto: int8 on CPU, int8_float16 on CUDA; or
 DEFAULT_CACHE_DIR = "~/.cache/genq"  # converted models (ct2) live here
 
 # --- Batching policy ---------------------------------------------------------------------------
+DEFAULT_BATCHING = "continuous"  # continuous (rows join/leave a running batch) | static
 DEFAULT_MAX_BATCH_SIZE = 32  # sequences (prompts x num_return_sequences) per forward pass
 DEFAULT_MAX_BATCH_TOKENS = 32_768  # padded (prompt + new) tokens per batch: bounds memory
 DEFAULT_MAX_WAIT_MS = 50  # longest a lone prompt waits for batch neighbours
@@ -62,6 +63,7 @@ class Settings(BaseSettings):
         pattern=r"^(auto|default|int8|int8_float32|int8_float16|int8_bfloat16|int16|float16|bfloat16|float32)$",
     )
     cache_dir: str = DEFAULT_CACHE_DIR
+    batching: str = Field(DEFAULT_BATCHING, pattern=r"^(continuous|static)$")
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
     max_batch_tokens: int = Field(DEFAULT_MAX_BATCH_TOKENS, ge=16)
     max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)

@@ -27,6 +27,7 @@ from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.settings import Settings
 from genq.store import JobStore, connect
 from genq.worker.engines import Engine, load_engine
+from genq.worker.loop import EngineLoop
 from genq.worker.runner import BatchRunner
 from genq.worker.scheduler import Delivery, Scheduler
 
@@ -34,7 +35,6 @@ log = logging.getLogger("genq.worker")
 
 # Celery options a genq worker decides itself: one solo process per GPU.
 _RESERVED_OPTIONS = ("-P", "--pool", "-c", "--concurrency", "-Q", "--queues", "--autoscale")
-RETRY_DELAY_S = 1.0  # after a batch's results could not be written (Redis away)
 SHUTDOWN_GRACE_S = 300.0  # how long a warm shutdown waits for the batch in flight
 
 
@@ -70,34 +70,13 @@ class FlowControl:
             self.consumer.call_soon(self.update)
 
 
-class EngineLoop(threading.Thread):
-    """Runs batches drawn from the scheduler until it is closed."""
-
-    def __init__(self, scheduler: Scheduler, runner: BatchRunner, flow: FlowControl) -> None:
-        super().__init__(name="genq-engine", daemon=True)
-        self.scheduler = scheduler
-        self.runner = runner
-        self.flow = flow
-
-    def run(self) -> None:
-        while (batch := self.scheduler.next_batch()) is not None:
-            self.flow.soon()  # room in the pool: fetch the next message while this batch runs
-            try:
-                self.runner.run([entry.prepared for entry in batch])
-            except Exception:
-                log.exception("could not run or record a batch of %d; retrying", len(batch))
-                self.scheduler.retry_later(batch)
-                threading.Event().wait(RETRY_DELAY_S)
-                continue
-            self.scheduler.complete(batch)
-
-
-def create_app(settings: Settings, runner: BatchRunner, scheduler: Scheduler) -> Celery:
-    """The worker's Celery app: genq's task admits each message into ``scheduler``."""
+def create_app(settings: Settings, loop: EngineLoop) -> Celery:
+    """The worker's Celery app: genq's task admits each message into the loop's scheduler."""
+    runner, scheduler = loop.runner, loop.scheduler
     app = celery_app(settings)
     app.conf.worker_prefetch_multiplier = 1  # FlowControl moves the window from there
     flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
-    loop = EngineLoop(scheduler, runner, flow)
+    loop.on_room = flow.soon
 
     class GenerateTask(Task):  # type: ignore[misc]
         name = GENERATE_TASK
@@ -144,15 +123,13 @@ def create_app(settings: Settings, runner: BatchRunner, scheduler: Scheduler) ->
     app.register_task(GenerateTask())
 
     class EngineStep(bootsteps.StartStopStep):  # type: ignore[misc]
-        """Starts the engine loop with the consumer; drains it at warm shutdown."""
+        """Connects flow control to the consumer; drains the engine loop at warm shutdown."""
 
         requires = frozenset({"celery.worker.consumer.tasks:Tasks"})
 
         def start(self, c: Any) -> None:
             flow.consumer = c
             flow.update()
-            if not loop.is_alive():
-                loop.start()
 
         def stop(self, c: Any) -> None:
             # The connection is being re-established: the broker redelivers what was
@@ -210,12 +187,16 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     """Load the engine, then run a Celery worker until it is stopped (SIGTERM/SIGINT)."""
     check_celery_args(celery_args)
     engine: Engine = load_engine(settings)
-    engine.warmup()
     store = JobStore(connect(settings.redis_url), settings.result_ttl_s)
     worker_id = new_worker_id()
     runner = BatchRunner(engine, store, settings, worker_id)
     scheduler = Scheduler(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms)
-    app = create_app(settings, runner, scheduler)
+    loop = EngineLoop(scheduler, runner, settings)
+    loop.start()
+    loop.warmed.wait()
+    if loop.failure is not None:
+        raise loop.failure
+    app = create_app(settings, loop)
     info = WorkerInfo(
         id=worker_id,
         hostname=socket.gethostname(),

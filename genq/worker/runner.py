@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from genq.schema import (
     TERMINAL,
@@ -91,6 +91,18 @@ class BatchRunner:
             ready, self.settings.max_batch_size, self.settings.max_batch_tokens
         ):
             self.run(batch)
+
+    def finish(
+        self, done: Sequence[tuple[Prepared, Generation]], started: Mapping[int, float], rows: int
+    ) -> None:
+        """Record items a continuous batch finished (``started``: by ``id`` of the item)."""
+        by_job: dict[str, list[ItemResult]] = defaultdict(list)
+        tokens = 0
+        for prepared, generation in done:
+            tokens += generation.completion_tokens
+            result = self._completed(prepared, generation, started[id(prepared)], rows)
+            by_job[prepared.job_id].append(result)
+        self.store.record(by_job, BatchStats(self.worker_id, rows, len(done), tokens))
 
     def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
         ids = self.engine.encode(item.prompt)

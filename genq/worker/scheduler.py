@@ -103,6 +103,42 @@ class Scheduler:
                     del self._pending[entry.seq]
                 return batch
 
+    def take(self, max_rows: int, max_tokens: int, wait: bool) -> list[Entry] | None:
+        """Oldest waiting prompts that fit ``max_rows`` and ``max_tokens``; None once closed.
+
+        For a continuous batch: with ``wait`` (the engine is idle) block for the first prompt
+        and give it max_wait_ms to gather neighbours; without, return at once.
+        """
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if not self._pending:
+                    if not wait:
+                        return []
+                    self._cond.wait()
+                    continue
+                oldest = next(iter(self._pending.values()))
+                rows = sum(e.prepared.rows for e in self._pending.values())
+                wait_s = oldest.arrived + self.max_wait_s - time.monotonic()
+                if wait and rows < max_rows and wait_s > 0:
+                    self._cond.wait(wait_s)
+                    continue
+                chosen: list[Entry] = []
+                used_rows = used_tokens = 0
+                for entry in self._pending.values():
+                    p = entry.prepared
+                    cost = p.rows * (len(p.prompt_ids) + p.max_new_tokens)
+                    fits = used_rows + p.rows <= max_rows and used_tokens + cost <= max_tokens
+                    if not fits and (chosen or not wait):
+                        break
+                    chosen.append(entry)
+                    used_rows += p.rows
+                    used_tokens += cost
+                for entry in chosen:
+                    del self._pending[entry.seq]
+                return chosen
+
     def _cut(self, oldest: Entry, group: list[Entry]) -> list[Entry]:
         window = group[: self.max_batch_size * WINDOW_FACTOR]
         by_item = {id(e.prepared): e for e in window}

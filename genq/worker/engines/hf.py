@@ -7,7 +7,7 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import torch
@@ -24,6 +24,9 @@ from transformers import (
 from genq.errors import ModelLoadError, WorkerConfigError
 from genq.schema import FinishReason
 from genq.worker.engines.base import Generation, Prepared
+
+if TYPE_CHECKING:
+    from genq.worker.engines.hf_continuous import ContinuousDecoder
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,12 @@ class HFEngine:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 
+    def decoder(self) -> ContinuousDecoder:
+        """A continuous batch over this model (rows join and leave between steps)."""
+        from genq.worker.engines.hf_continuous import ContinuousDecoder
+
+        return ContinuousDecoder(self)
+
     def warmup(self) -> None:
         from genq.schema import GenerationParams, WorkItem
 
@@ -193,6 +202,10 @@ class HFEngine:
         item = WorkItem(index=0, custom_id="warmup", prompt="Hello", params=params)
         ids = self.encode(item.prompt) or [self.pad_id]
         self.generate([Prepared("warmup", 0.0, item, ids, 2)])
+        decoder = self.decoder()
+        decoder.add([Prepared("warmup", 0.0, item, ids, 2)])
+        while decoder.active_rows:
+            decoder.step()
 
     def generate(self, batch: Sequence[Prepared]) -> list[Generation]:
         first = batch[0].params
