@@ -21,7 +21,10 @@ DEFAULT_CACHE_DIR = "~/.cache/genq"  # converted models (ct2) live here
 # --- Batching policy ---------------------------------------------------------------------------
 DEFAULT_BATCHING = "continuous"  # continuous (rows join/leave a running batch) | static
 DEFAULT_MAX_BATCH_SIZE = 32  # sequences (prompts x num_return_sequences) per forward pass
-DEFAULT_MAX_BATCH_TOKENS = 32_768  # padded (prompt + new) tokens per batch: bounds memory
+# Padded (prompt + new) tokens a batch may hold: bounds the KV cache (GPT-2 124M in fp32 keeps
+# 74 KB per token, so 8,192 tokens is ~0.6 GB: a CPU worker stays near 2 GB on long prompts).
+DEFAULT_MAX_BATCH_TOKENS_CPU = 8_192
+DEFAULT_MAX_BATCH_TOKENS_CUDA = 262_144
 DEFAULT_MAX_WAIT_MS = 50  # longest a lone prompt waits for batch neighbours
 DEFAULT_CHUNK_SIZE = 16  # prompts per Celery message: amortises the queue cost per prompt
 
@@ -65,7 +68,7 @@ class Settings(BaseSettings):
     cache_dir: str = DEFAULT_CACHE_DIR
     batching: str = Field(DEFAULT_BATCHING, pattern=r"^(continuous|static)$")
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
-    max_batch_tokens: int = Field(DEFAULT_MAX_BATCH_TOKENS, ge=16)
+    max_batch_tokens: int | None = Field(None, ge=16)  # None: by device, see below
     max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=4096)
     max_items_per_job: int = Field(DEFAULT_MAX_ITEMS_PER_JOB, ge=1)
@@ -74,6 +77,14 @@ class Settings(BaseSettings):
     result_ttl_s: int = Field(DEFAULT_RESULT_TTL_S, ge=1)
     visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     heartbeat_s: float = Field(DEFAULT_HEARTBEAT_S, gt=0)
+
+    def resolved_max_batch_tokens(self, device: str) -> int:
+        """The batch token budget: GENQ_MAX_BATCH_TOKENS, else a default for the device."""
+        if self.max_batch_tokens is not None:
+            return self.max_batch_tokens
+        if device.startswith("cuda"):
+            return DEFAULT_MAX_BATCH_TOKENS_CUDA
+        return DEFAULT_MAX_BATCH_TOKENS_CPU
 
 
 def redact_url(url: str) -> str:

@@ -190,7 +190,11 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     store = JobStore(connect(settings.redis_url), settings.result_ttl_s)
     worker_id = new_worker_id()
     runner = BatchRunner(engine, store, settings, worker_id)
-    scheduler = Scheduler(settings.max_batch_size, settings.max_batch_tokens, settings.max_wait_ms)
+    scheduler = Scheduler(
+        settings.max_batch_size,
+        settings.resolved_max_batch_tokens(engine.device),
+        settings.max_wait_ms,
+    )
     loop = EngineLoop(scheduler, runner, settings)
     loop.start()
     loop.warmed.wait()

@@ -40,6 +40,7 @@ class EngineLoop(threading.Thread):
         self.on_room: Callable[[], None] = lambda: None  # the pool has room for more messages
         self.warmed = threading.Event()
         self.failure: BaseException | None = None
+        self.max_batch_tokens = settings.resolved_max_batch_tokens(runner.engine.device)
 
     def run(self) -> None:
         try:
@@ -75,11 +76,15 @@ class EngineLoop(threading.Thread):
         started: dict[int, float] = {}
         last_check = time.monotonic()
         size = self.settings.max_batch_size
+        budget = self.max_batch_tokens
+
+        def fits(items: list[Prepared]) -> bool:
+            return decoder.projected_tokens(items) <= budget
+
         while True:
             free = size - decoder.active_rows
             if free > 0:
-                budget = self.settings.max_batch_tokens - decoder.reserved_tokens()
-                taken = self.scheduler.take(free, budget, wait=decoder.active_rows == 0)
+                taken = self.scheduler.take(free, fits, wait=decoder.active_rows == 0)
                 if taken is None:
                     return
                 taken = self._live(taken)

@@ -88,7 +88,9 @@ class BatchRunner:
         """Admit and run ``chunks`` synchronously (the worker loop does this incrementally)."""
         ready = [p for chunk in chunks for p in self.admit(chunk)]
         for batch in plan_batches(
-            ready, self.settings.max_batch_size, self.settings.max_batch_tokens
+            ready,
+            self.settings.max_batch_size,
+            self.settings.resolved_max_batch_tokens(self.engine.device),
         ):
             self.run(batch)
 

@@ -103,8 +103,10 @@ class Scheduler:
                     del self._pending[entry.seq]
                 return batch
 
-    def take(self, max_rows: int, max_tokens: int, wait: bool) -> list[Entry] | None:
-        """Oldest waiting prompts that fit ``max_rows`` and ``max_tokens``; None once closed.
+    def take(
+        self, max_rows: int, fits: Callable[[list[Prepared]], bool], wait: bool
+    ) -> list[Entry] | None:
+        """Oldest waiting prompts within ``max_rows`` that ``fits`` accepts; None once closed.
 
         For a continuous batch: with ``wait`` (the engine is idle) block for the first prompt
         and give it max_wait_ms to gather neighbours; without, return at once.
@@ -125,16 +127,14 @@ class Scheduler:
                     self._cond.wait(wait_s)
                     continue
                 chosen: list[Entry] = []
-                used_rows = used_tokens = 0
+                used_rows = 0
                 for entry in self._pending.values():
                     p = entry.prepared
-                    cost = p.rows * (len(p.prompt_ids) + p.max_new_tokens)
-                    fits = used_rows + p.rows <= max_rows and used_tokens + cost <= max_tokens
-                    if not fits and (chosen or not wait):
-                        break
+                    ok = used_rows + p.rows <= max_rows and fits([e.prepared for e in chosen] + [p])
+                    if not ok and (chosen or not wait):
+                        break  # an item too big for any batch still runs, alone, when idle
                     chosen.append(entry)
                     used_rows += p.rows
-                    used_tokens += cost
                 for entry in chosen:
                     del self._pending[entry.seq]
                 return chosen
