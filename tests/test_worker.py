@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import RedisProcess, WorkerProcess, free_port
+from conftest import RedisProcess, StartWorker, WorkerProcess, free_port
 
 from genq.broker import GENERATE_TASK
 from genq.producer.client import Client
+from genq.settings import Settings
 
 
 class Exploit:
@@ -99,3 +101,24 @@ def test_pool_options_are_refused_with_the_way_to_scale(
     result = run_worker_cli(redis_server, str(tiny_model), option, GENQ_ENGINE="null")
     assert result.returncode == 1
     assert "start more `genq worker` processes" in result.stderr
+
+
+def test_sigterm_hands_buffered_items_back_and_nothing_runs_twice(
+    start_worker: StartWorker, settings: Settings
+) -> None:
+    queue = "sigterm-test"
+    client = Client(settings=settings.model_copy(update={"queue": queue}))
+    first = start_worker(queue=queue, max_batch_size="4")
+    job_id = client.submit([f"prompt {i} about coffee" for i in range(200)], {"max_new_tokens": 48})
+    deadline = time.monotonic() + 60
+    while client.status(job_id).done < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.stop(signal.SIGTERM)
+    assert first.process.returncode == 0
+    assert client.status(job_id).done < 200  # the job was interrupted mid-way
+    start_worker(queue=queue, max_batch_size="16")
+    info = client.wait(job_id, timeout_s=120)
+    assert (info.status.value, info.completed, info.failed) == ("completed", 200, 0)
+    results = list(client.iter_results(job_id))
+    assert [r.index for r in results] == list(range(200))

@@ -136,7 +136,7 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
             # buffered, so forget it rather than run it twice.
             dropped = scheduler.drop_pending()
             if dropped:
-                log.warning("connection restart: %d buffered item(s) left to redelivery", dropped)
+                log.warning("consumer stopping: %d buffered item(s) left to redelivery", dropped)
 
         def shutdown(self, c: Any) -> None:
             # Warm shutdown: the batch in flight finishes and its results are written; items
