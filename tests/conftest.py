@@ -173,7 +173,7 @@ def worker(start_worker: StartWorker) -> WorkerProcess:
     return start_worker(max_batch_size="16", max_wait_ms="300")
 
 
-@pytest.fixture(scope="session", params=["hf", "ct2", "null"])
+@pytest.fixture(scope="session", params=["hf", "hf-static", "ct2", "null"])
 def engine_worker(
     request: pytest.FixtureRequest,
     start_worker: StartWorker,

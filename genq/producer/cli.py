@@ -78,7 +78,14 @@ WORKER_OPTIONS: list[Callable[[F], F]] = [
     click.option("--model", help="Model directory or Hugging Face id [GENQ_MODEL]."),
     click.option("--device", help="auto | cpu | cuda | cuda:N [GENQ_DEVICE]."),
     click.option(
-        "--engine", type=click.Choice(["hf", "null"]), help="Generation engine [GENQ_ENGINE]."
+        "--engine",
+        type=click.Choice(["hf", "ct2", "null"]),
+        help="Generation engine [GENQ_ENGINE].",
+    ),
+    click.option(
+        "--batching",
+        type=click.Choice(["continuous", "static"]),
+        help="Continuous (rows join and leave a running batch) or static [GENQ_BATCHING].",
     ),
 ]
 
@@ -390,7 +397,15 @@ def run(
     _finish(info)
 
 
-_WORKER_KEYS = {"max_batch_size", "max_wait_ms", "max_batch_tokens", "model", "device", "engine"}
+_WORKER_KEYS = {
+    "max_batch_size",
+    "max_wait_ms",
+    "max_batch_tokens",
+    "model",
+    "device",
+    "engine",
+    "batching",
+}
 
 
 @cli.command("random-model")
