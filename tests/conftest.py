@@ -179,12 +179,13 @@ def engine_worker(
     start_worker: StartWorker,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[str, str]:
-    """A worker of each engine, each on its own queue; yields (engine, queue)."""
-    engine: str = request.param
-    queue = f"generate-{engine}"
+    """A worker of each engine (and batching mode), each on its own queue: (engine, queue)."""
+    engine, _, mode = str(request.param).partition("-")
+    queue = f"generate-{request.param}"
     start_worker(
         engine=engine,
         queue=queue,
+        batching=mode or "continuous",
         max_batch_size="16",
         max_wait_ms="200",
         ct2_compute_type="float32",
