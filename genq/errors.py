@@ -15,6 +15,14 @@ class InputFileError(InvalidJobError):
     """The input file could not be read or parsed; nothing was enqueued."""
 
 
+class InvalidIdError(GenqError, ValueError):
+    """A job or worker id that is not of genq's form (it could reach outside its key)."""
+
+
+class ConfigError(GenqError, ValueError):
+    """A GENQ_* setting or option has an invalid value."""
+
+
 class JobNotFoundError(GenqError, LookupError):
     """No job with that id exists (never submitted, or expired after its TTL)."""
 
@@ -37,6 +45,10 @@ class ModelLoadError(GenqError):
 
 class WorkerConfigError(GenqError):
     """The worker was started with options it cannot honour."""
+
+
+class WorkerCrashedError(GenqError):
+    """The worker's engine loop failed; the worker stopped and handed its work back."""
 
 
 class EmbeddedServerError(GenqError):

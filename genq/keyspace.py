@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import re
 
+from genq.errors import InvalidIdError
+
 PREFIX = "genq"
 SEPARATOR = ":"
 
-_ID = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
+ID_PATTERN = r"^[A-Za-z0-9_.@-]{1,128}$"
+_ID = re.compile(ID_PATTERN)
 
 
 def namespace(*parts: str) -> str:
@@ -27,7 +30,10 @@ def namespace(*parts: str) -> str:
 def checked_id(value: str, what: str = "job id") -> str:
     """Refuse ids that could reach outside their key (separators, wildcards, whitespace)."""
     if not _ID.match(value):
-        raise ValueError(f"invalid {what} {value!r}: use letters, digits and _ . @ - only")
+        raise InvalidIdError(
+            f"invalid {what} {value[:80]!r}: ids are 1-128 letters, digits and _ . @ - "
+            "(a job id is what `genq submit` printed)"
+        )
     return value
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from genq import keyspace
 from genq import settings as defaults
 
 
@@ -164,7 +165,7 @@ class WorkChunk(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    job_id: str
+    job_id: str = Field(pattern=keyspace.ID_PATTERN)
     enqueued_at: float
     items: list[WorkItem] = Field(min_length=1)
 

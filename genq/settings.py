@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,17 +87,37 @@ class Settings(BaseSettings):
         return DEFAULT_MAX_BATCH_TOKENS_CPU
 
 
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``, safe for logs and error messages."""
+def load_settings(**overrides: object) -> Settings:
+    """Settings from GENQ_* variables and ``overrides``; a bad value raises ConfigError."""
+    from pydantic import ValidationError
+
+    from genq.errors import ConfigError
+
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+        base = Settings()
+        return Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
+    except ValidationError as e:
+        problems = "; ".join(
+            f"GENQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+_PASSWORD_PARAM = re.compile(r"(?i)(password=)[^&]*")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``, safe for logs and error messages.
+
+    Works on the text rather than a parsed URL: a password holding ``/``, ``#`` or ``?`` would
+    make a URL parser find none, and echo it.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>"
+    if "@" in rest:
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0] if ":" in credentials else ""
+        rest = f"{user}:***@{host}"
+    return _PASSWORD_PARAM.sub(r"\1***", f"{scheme}://{rest}")

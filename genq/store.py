@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from genq import keyspace
 from genq.errors import BrokerUnavailableError, JobNotFoundError
@@ -76,6 +76,17 @@ end
 return {status, done}
 """
 
+# KEYS: worker, worker batches, workers index. ARGV: now, ttl_s, worker id. Refreshes a live
+# worker's record; never recreates a removed or expired one as a partial hash.
+_HEARTBEAT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+return 1
+"""
+
 # KEYS: job, results. ARGV: now, ttl_s, new status, error. Ends an unfinished job.
 # Returns the status the job has afterwards (false if missing).
 _FINISH = f"""
@@ -112,11 +123,11 @@ def connect(redis_url: str) -> redis.Redis:
             socket_keepalive=True,
             retry_on_timeout=True,
         )
-    except ValueError as e:
+    except ValueError:
         raise BrokerUnavailableError(
-            f"invalid Redis URL {redact_url(redis_url)!r}: {e}. "
-            "Expected redis://[user:password@]host:port/db (or rediss:// for TLS)."
-        ) from e
+            f"invalid Redis URL {redact_url(redis_url)!r}: "
+            "expected redis://[user:password@]host:port/db (or rediss:// for TLS)"
+        ) from None
 
 
 class JobStore:
@@ -128,6 +139,7 @@ class JobStore:
         self._record = client.register_script(_RECORD)
         self._finish = client.register_script(_FINISH)
         self._admit = client.register_script(_ADMIT)
+        self._heartbeat = client.register_script(_HEARTBEAT)
 
     # --- jobs -----------------------------------------------------------------------------
     def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:
@@ -251,13 +263,16 @@ class JobStore:
             self._expire_worker(pipe, info.id, heartbeat_s)
             pipe.execute()
 
-    def heartbeat(self, worker_id: str, heartbeat_s: float) -> None:
+    def heartbeat(self, worker_id: str, heartbeat_s: float) -> bool:
+        """Refresh the worker's record; False when it is gone (re-register it then)."""
         now = time.time()
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keyspace.worker(worker_id), "last_seen", repr(now))
-            pipe.zadd(keyspace.workers_index(), {worker_id: now})
-            self._expire_worker(pipe, worker_id, heartbeat_s)
-            pipe.execute()
+        ttl = max(int(heartbeat_s * WORKER_TTL_FACTOR) + 1, 2)
+        keys = [
+            keyspace.worker(worker_id),
+            keyspace.worker_batches(worker_id),
+            keyspace.workers_index(),
+        ]
+        return bool(self._heartbeat(keys=keys, args=[repr(now), ttl, worker_id]))
 
     def _count_batch(self, pipe: redis.client.Pipeline, batch: BatchStats) -> None:
         pipe.hincrby(keyspace.worker_batches(batch.worker_id), str(batch.sequences), 1)
@@ -289,7 +304,10 @@ class JobStore:
             data["started_at"] = from_epoch(data.get("started_at"))
             data["last_seen"] = from_epoch(data.get("last_seen"))
             data["batch_sizes"] = {int(k): int(v) for k, v in sizes.items()}
-            out.append(WorkerInfo.model_validate(data))
+            try:
+                out.append(WorkerInfo.model_validate(data))
+            except ValidationError:
+                continue  # a record half-written by another version: not a live worker
         return out
 
     def _expire_worker(self, pipe: redis.client.Pipeline, worker_id: str, hb: float) -> None:

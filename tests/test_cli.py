@@ -228,3 +228,11 @@ def test_submit_wait_writes_results(genq_cli: Cli, tmp_path: Path) -> None:
     result = genq_cli("submit", str(source), "--max-new-tokens", "4", "--wait", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().splitlines()) == 5
+
+
+@pytest.mark.parametrize("command", ["status", "results", "cancel", "wait"])
+def test_a_malformed_job_id_is_a_clear_error(genq_cli: Cli, command: str) -> None:
+    result = genq_cli(command, "a b:*")
+    assert result.returncode == 1
+    assert "invalid job id" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -67,3 +67,22 @@ def test_passwords_are_redacted_from_urls() -> None:
     assert redact_url("redis://user:pa55@host:6380/1") == "redis://user:***@host:6380/1"
     assert redact_url("rediss://:pa55@host/0") == "rediss://:***@host/0"
     assert redact_url("redis://host:6379/0") == "redis://host:6379/0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pa/ss@host:6379/0",
+        "redis://:p#w?x@host:1/0",
+        "redis://user:s3cr@t@host/0",
+        "redis://host/0?password=pa55",
+    ],
+)
+def test_passwords_that_confuse_url_parsers_are_redacted_too(url: str) -> None:
+    for secret in ("pa/ss", "p#w?x", "s3cr@t", "pa55"):
+        assert secret not in redact_url(url)
+
+
+def test_items_that_are_not_prompts_are_reported(client: Client) -> None:
+    with pytest.raises(InvalidJobError, match="item 1: expected a prompt string"):
+        client.submit(["fine", 42])  # type: ignore[list-item]

@@ -104,3 +104,22 @@ def test_a_failing_item_is_isolated_from_its_batch(
     assert [r.error is None for r in results] == [True, False, True, True]
     assert results[1].error is not None
     assert "poison" in results[1].error.message
+
+
+def test_items_with_different_sampling_params_run_in_separate_generate_calls(
+    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+) -> None:
+    job_id, chunk = chunk_for(
+        client,
+        [
+            {"prompt": "a", "params": {"do_sample": True, "num_return_sequences": 3}},
+            {"prompt": "b", "params": {"do_sample": False}},
+        ],
+        max_new_tokens=4,
+    )
+    BatchRunner(engine, store, settings, "w").run(
+        [p for p in BatchRunner(engine, store, settings, "w").admit(chunk)]
+    )
+    sampled, greedy = store.results(job_id)
+    assert len(sampled.outputs) == 3
+    assert len(greedy.outputs) == 1

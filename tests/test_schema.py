@@ -117,3 +117,8 @@ def test_terminal_statuses() -> None:
 def test_several_sequences_need_sampling() -> None:
     with pytest.raises(ValidationError, match="needs sampling"):
         GenerationParams(do_sample=False, num_return_sequences=2)
+
+
+def test_a_message_with_an_unsafe_job_id_is_refused() -> None:
+    with pytest.raises(ValidationError, match="job_id"):
+        WorkChunk.model_validate_json('{"job_id": "a b", "enqueued_at": 0, "items": []}')

@@ -105,3 +105,8 @@ def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) ->
     assert store.admit(job_id, [0, 1, 2]) == (JobStatus.RUNNING, {1})
     assert store.get(job_id).started_at is not None
     assert store.admit("f" * 32, [0]) == (None, set())
+
+
+def test_a_heartbeat_never_recreates_a_removed_worker(store: JobStore) -> None:
+    assert store.heartbeat("gone-worker", 1.0) is False
+    assert not store.redis.exists(keyspace.worker("gone-worker"))

@@ -9,17 +9,16 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import click
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genq import __version__
-from genq.errors import GenqError, InvalidJobError, WaitTimeoutError
+from genq.errors import ConfigError, GenqError, InvalidJobError, WaitTimeoutError
 from genq.producer.client import Client, validate_job
 from genq.producer.inputs import read_items
 from genq.schema import JobInfo, JobSpec, JobStatus
-from genq.settings import Settings
+from genq.settings import Settings, load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,19 +104,15 @@ class GenqGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except InvalidJobError as e:
+        except (InvalidJobError, ConfigError) as e:
             stderr.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
             ctx.exit(EXIT_INVALID)
         except GenqError as e:
             stderr.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
             ctx.exit(EXIT_FAILED)
-        except ValidationError as e:  # settings from GENQ_* variables or worker options
-            problems = "; ".join(
-                f"GENQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
-                for err in e.errors(include_url=False)
-            )
-            stderr.print(f"[red]error:[/red] invalid configuration: {problems}", highlight=False)
-            ctx.exit(EXIT_INVALID)
+        except OSError as e:  # e.g. -o into a directory that does not exist
+            stderr.print(f"[red]error:[/red] {e}", markup=True, highlight=False)
+            ctx.exit(EXIT_FAILED)
 
 
 @click.group(cls=GenqGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -130,10 +125,7 @@ class GenqGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None) -> None:
     """Submit bulk prompt jobs; GPU workers batch them through GPT-2."""
-    settings = Settings()
-    if redis_url:
-        settings = settings.model_copy(update={"redis_url": redis_url})
-    ctx.obj = settings
+    ctx.obj = load_settings(**({"redis_url": redis_url} if redis_url else {}))
 
 
 def _client(ctx: click.Context) -> Client:
@@ -295,7 +287,7 @@ def cancel(ctx: click.Context, job_id: str) -> None:
 
 
 @cli.command()
-@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def jobs(ctx: click.Context, limit: int, as_json: bool) -> None:
@@ -346,7 +338,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 
 def _worker_settings(settings: Settings, options: dict[str, Any]) -> Settings:
     updates = {k: v for k, v in options.items() if v is not None}
-    return Settings.model_validate({**settings.model_dump(), **updates})
+    return load_settings(**{"redis_url": settings.redis_url, **updates})
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -182,7 +182,7 @@ class Client:
                 f"Redis at {redact_url(self.settings.redis_url)} refused the credentials; "
                 "check the user and password in GENQ_REDIS_URL"
             ) from e
-        except redis.exceptions.ConnectionError as e:
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
             raise BrokerUnavailableError(
                 f"cannot reach Redis at {redact_url(self.settings.redis_url)}: is it running? "
                 "Set GENQ_REDIS_URL (or --redis-url) to the server genq should use."
@@ -226,6 +226,12 @@ def validate_job(
         except ValidationError as e:
             problems.append(_describe(name(index), e))
             continue
+        except TypeError:
+            problems.append(
+                f"{name(index)}: expected a prompt string or an object with a 'prompt', "
+                f"got {type(raw).__name__}"
+            )
+            continue
         try:
             defaults.with_overrides(item.params)
         except ValidationError as e:
@@ -264,6 +270,8 @@ def _as_item(raw: ItemInput) -> JobItem:
         return raw
     if isinstance(raw, str):
         return JobItem(prompt=raw)
+    if not isinstance(raw, Mapping):
+        raise TypeError(type(raw).__name__)
     return JobItem.model_validate(dict(raw))
 
 

@@ -20,14 +20,15 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps, signals
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from genq.broker import GENERATE_TASK, celery_app
-from genq.errors import WorkerConfigError
+from genq.errors import WorkerConfigError, WorkerCrashedError
 from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.settings import Settings
 from genq.store import JobStore, connect
 from genq.worker.engines import Engine, load_engine
-from genq.worker.loop import EngineLoop
+from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
 from genq.worker.runner import BatchRunner
 from genq.worker.scheduler import Delivery, Scheduler
 
@@ -35,7 +36,6 @@ log = logging.getLogger("genq.worker")
 
 # Celery options a genq worker decides itself: one solo process per GPU.
 _RESERVED_OPTIONS = ("-P", "--pool", "-c", "--concurrency", "-Q", "--queues", "--autoscale")
-SHUTDOWN_GRACE_S = 300.0  # how long a warm shutdown waits for the batch in flight
 
 
 def new_worker_id() -> str:
@@ -110,7 +110,13 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
                     )
                     reject(log, errors)
                     return
-                ready = runner.admit(chunk)
+                try:
+                    ready = runner.admit(chunk)
+                except RedisError as e:
+                    # Redis is away or read-only (failover): hand the message back for later.
+                    log.warning("could not admit message (%s); requeueing it", e)
+                    reject(log, errors, True)
+                    return
                 # The engine thread finishes deliveries; the ack itself runs on this thread.
                 delivery = Delivery(
                     chunk.job_id, len(ready), lambda: consumer.call_soon(acknowledge, message)
@@ -139,10 +145,11 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
                 log.warning("consumer stopping: %d buffered item(s) left to redelivery", dropped)
 
         def shutdown(self, c: Any) -> None:
-            # Warm shutdown: the batch in flight finishes and its results are written; items
-            # not started go back to the queue when kombu restores unacknowledged messages.
+            # Warm shutdown: the rows in flight finish and their results are written; items
+            # not started go back to the queue when kombu restores unacknowledged messages
+            # (finished ones too, if their ack did not go out: a rerun skips them).
             scheduler.close()
-            loop.join(SHUTDOWN_GRACE_S)
+            loop.join(SHUTDOWN_GRACE_S + 10)
             log.warning(
                 "engine loop stopped; %d waiting item(s) handed back", scheduler.drop_pending()
             )
@@ -154,17 +161,18 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
 class Heartbeat(threading.Thread):
     """Refreshes the worker's record in Redis so producers and ``genq workers`` can see it."""
 
-    def __init__(self, store: JobStore, worker_id: str, period_s: float) -> None:
+    def __init__(self, store: JobStore, info: WorkerInfo, period_s: float) -> None:
         super().__init__(name="genq-heartbeat", daemon=True)
         self.store = store
-        self.worker_id = worker_id
+        self.info = info
         self.period_s = period_s
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.wait(self.period_s):
             try:
-                self.store.heartbeat(self.worker_id, self.period_s)
+                if not self.store.heartbeat(self.info.id, self.period_s):
+                    self.store.register_worker(self.info, self.period_s)  # e.g. Redis restarted
             except Exception as e:  # Redis away: keep trying, the worker itself reconnects
                 log.warning("heartbeat failed: %s", e)
 
@@ -212,7 +220,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         started_at=utcnow(),
         last_seen=utcnow(),
     )
-    heartbeat = Heartbeat(store, worker_id, settings.heartbeat_s)
+    heartbeat = Heartbeat(store, info, settings.heartbeat_s)
 
     def on_ready(**_: Any) -> None:
         store.register_worker(info, settings.heartbeat_s)
@@ -243,7 +251,14 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         app.worker_main(argv)
     finally:
         heartbeat.stop()
+        if heartbeat.is_alive():
+            heartbeat.join(5)
         try:
             store.remove_worker(worker_id)
         except Exception as e:
             log.warning("could not remove worker record: %s", e)
+    if loop.failure is not None:
+        raise WorkerCrashedError(
+            f"the engine loop failed ({type(loop.failure).__name__}: {loop.failure}); the "
+            "worker stopped and its unfinished messages went back to the queue"
+        ) from loop.failure

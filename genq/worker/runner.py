@@ -81,18 +81,14 @@ class BatchRunner:
         # A job cancelled while its items wait stops at the next batch boundary.
         statuses = self.store.statuses({p.job_id for p in batch})
         live = [p for p in batch if statuses[p.job_id] not in TERMINAL | {None}]
-        if live:
-            self._run(live)
+        # Items that cannot share a generate call (sampling parameters) run apart.
+        budget = self.settings.resolved_max_batch_tokens(self.engine.device)
+        for part in plan_batches(live, self.settings.max_batch_size, budget):
+            self._run(part)
 
     def process(self, chunks: Sequence[WorkChunk]) -> None:
         """Admit and run ``chunks`` synchronously (the worker loop does this incrementally)."""
-        ready = [p for chunk in chunks for p in self.admit(chunk)]
-        for batch in plan_batches(
-            ready,
-            self.settings.max_batch_size,
-            self.settings.resolved_max_batch_tokens(self.engine.device),
-        ):
-            self.run(batch)
+        self.run([p for chunk in chunks for p in self.admit(chunk)])
 
     def finish(
         self, done: Sequence[tuple[Prepared, Generation]], started: Mapping[int, float], rows: int

@@ -223,7 +223,7 @@ class ContinuousDecoder:
             params = row.prepared.params
             if eos is not None and token == eos:
                 row.finished = "eos"
-            elif params.stop and any(s in self._decode(row.generated) for s in params.stop):
+            elif params.stop and _ends_with_stop(self._decode, row.generated, params.stop):
                 row.finished = "stop"
             elif len(row.generated) >= row.prepared.max_new_tokens:
                 row.finished = "length"
@@ -328,6 +328,14 @@ class ContinuousDecoder:
         return text
 
 
+def _ends_with_stop(decode: Any, generated: list[int], stops: Sequence[str]) -> bool:
+    """Whether the newest token completed a stop string (checked every step, so only the tail
+    needs decoding: a token is at least one byte, a character at most four)."""
+    window = 4 * max(len(s) for s in stops) + 4
+    text: str = decode(generated[-window:])
+    return any(s in text for s in stops)
+
+
 def candidate_probs(
     scores: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -345,7 +353,7 @@ def candidate_probs(
     values = values.masked_fill(ranks >= top_k[:, None], float("-inf"))
     probs = values.softmax(-1)
     # HF removes a token when the probability mass ranked at or below it is <= 1 - top_p.
-    remove = (probs.cumsum(-1) - probs) >= top_p[:, None]
+    remove = ((probs.cumsum(-1) - probs) >= top_p[:, None]) & (top_p < 1.0)[:, None]
     remove[:, 0] = False
     return values.masked_fill(remove, float("-inf")).softmax(-1), indices
 
