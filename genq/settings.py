@@ -45,6 +45,7 @@ DEFAULT_MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
 
 # --- Lifetimes ---------------------------------------------------------------------------------
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600  # job record and results expire this long after the job ends
+DEFAULT_UNFINISHED_TTL_S = 30 * 24 * 3600  # a job that never ends (lost, abandoned) expires too
 DEFAULT_VISIBILITY_TIMEOUT_S = 3600  # kombu redelivers an unacknowledged message after this
 DEFAULT_HEARTBEAT_S = 5.0  # worker heartbeat period
 WORKER_TTL_FACTOR = 3  # a worker whose heartbeat is this many periods old counts as gone
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
     max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1)
     max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)
     result_ttl_s: int = Field(DEFAULT_RESULT_TTL_S, ge=1)
+    unfinished_ttl_s: int = Field(DEFAULT_UNFINISHED_TTL_S, ge=60)
     visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     heartbeat_s: float = Field(DEFAULT_HEARTBEAT_S, gt=0)
 

@@ -25,7 +25,7 @@ from genq.schema import (
     WorkerInfo,
     from_epoch,
 )
-from genq.settings import WORKER_TTL_FACTOR, redact_url
+from genq.settings import DEFAULT_UNFINISHED_TTL_S, WORKER_TTL_FACTOR, redact_url
 
 _METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
 
@@ -56,6 +56,10 @@ end
 if terminal[status] then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+else
+  -- results never outlive their job record, even when the job never ends
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
 return new_ok + new_failed
 """
@@ -133,9 +137,15 @@ def connect(redis_url: str) -> redis.Redis:
 class JobStore:
     """Reads and writes jobs, results and worker records in Redis."""
 
-    def __init__(self, client: redis.Redis, result_ttl_s: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        result_ttl_s: int,
+        unfinished_ttl_s: int = DEFAULT_UNFINISHED_TTL_S,
+    ) -> None:
         self.redis = client
         self.result_ttl_s = result_ttl_s
+        self.unfinished_ttl_s = unfinished_ttl_s
         self._record = client.register_script(_RECORD)
         self._finish = client.register_script(_FINISH)
         self._admit = client.register_script(_ADMIT)
@@ -156,6 +166,7 @@ class JobStore:
         }
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keyspace.job(job_id), mapping=fields)
+            pipe.expire(keyspace.job(job_id), self.unfinished_ttl_s)
             pipe.zadd(keyspace.jobs_index(), {job_id: now})
             pipe.execute()
         return self.get(job_id)

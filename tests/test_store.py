@@ -61,10 +61,12 @@ def test_job_completes_when_its_last_item_lands_even_with_failures(store: JobSto
         assert 0 < store.redis.ttl(key) <= TTL_S
 
 
-def test_unfinished_job_does_not_expire(store: JobStore) -> None:
+def test_unfinished_job_expires_only_after_the_long_unfinished_ttl(store: JobStore) -> None:
     job_id = make_job(store, 2)
     store.record({job_id: [result(0)]})
-    assert store.redis.ttl(keyspace.job(job_id)) == -1
+    job_ttl = store.redis.ttl(keyspace.job(job_id))
+    assert job_ttl > TTL_S
+    assert 0 < store.redis.ttl(keyspace.results(job_id)) <= job_ttl
 
 
 def test_results_come_in_input_order_page_by_page(store: JobStore) -> None:

@@ -54,7 +54,11 @@ class Client:
         self.settings = settings or Settings()
         if redis_url is not None:
             self.settings = self.settings.model_copy(update={"redis_url": redis_url})
-        self.store = JobStore(connect(self.settings.redis_url), self.settings.result_ttl_s)
+        self.store = JobStore(
+            connect(self.settings.redis_url),
+            self.settings.result_ttl_s,
+            self.settings.unfinished_ttl_s,
+        )
         self._celery: Celery | None = None
 
     # --- submission -----------------------------------------------------------------------

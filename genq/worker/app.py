@@ -195,7 +195,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     """Load the engine, then run a Celery worker until it is stopped (SIGTERM/SIGINT)."""
     check_celery_args(celery_args)
     engine: Engine = load_engine(settings)
-    store = JobStore(connect(settings.redis_url), settings.result_ttl_s)
+    store = JobStore(connect(settings.redis_url), settings.result_ttl_s, settings.unfinished_ttl_s)
     worker_id = new_worker_id()
     runner = BatchRunner(engine, store, settings, worker_id)
     scheduler = Scheduler(
