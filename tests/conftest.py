@@ -20,6 +20,19 @@ from genq.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Prompts that exercise tokenisation and padding: scripts, emoji, quotes, newlines, lengths.
+PROMPTS = [
+    "Write a tagline for a bakery",
+    "人工智能生成内容",
+    'Emoji 🚀🎉 and "quotes"',
+    "A much longer prompt about product descriptions, quarterly reports and marketing copy "
+    "that goes on for a while so that left padding matters in the batch",
+    "x",
+    "line one\nline two\n",
+    "Summarise: revenue grew 12%",
+    "Le café est prêt",
+]
+
 
 def free_port() -> int:
     with socket.socket() as s:

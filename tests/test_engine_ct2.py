@@ -5,21 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import PROMPTS
 
 from genq.schema import GenerationParams, WorkItem
 from genq.settings import Settings
 from genq.worker.engines.base import Prepared
 from genq.worker.engines.ct2 import CT2Engine, conversion_key
 from genq.worker.engines.hf import HFEngine
-
-PROMPTS = [
-    "Write a tagline for a bakery",
-    "人工智能生成内容",
-    'Emoji 🚀🎉 and "quotes"',
-    "A longer prompt about product descriptions, quarterly reports and marketing copy",
-    "x",
-    "line one\nline two\n",
-]
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PROMPTS
 
 from genq.schema import GenerationParams, WorkItem
 from genq.worker.engines.base import Generation, Prepared
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.hf_continuous import ContinuousDecoder
-
-PROMPTS = [
-    "Write a tagline for a bakery",
-    "人工智能生成内容",
-    'Emoji 🚀🎉 and "quotes"',
-    "A much longer prompt about product descriptions, quarterly reports and marketing copy "
-    "that goes on for a while so that left padding matters in the batch",
-    "x",
-    "line one\nline two\n",
-    "Summarise: revenue grew 12%",
-    "Le café est prêt",
-]
 
 
 @pytest.fixture(scope="module")

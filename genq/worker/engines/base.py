@@ -38,6 +38,24 @@ class Generation:
     completion_tokens: int
     token_counts: list[int] = field(default_factory=list)
 
+    @classmethod
+    def of(cls, rows: Sequence[tuple[str, FinishReason, int]], stops: Sequence[str]) -> Generation:
+        """An item's generation from its rows: (decoded text, finish reason, tokens generated).
+
+        A row that ended on a stop string is cut before the earliest stop string in it.
+        """
+        outputs = [
+            cut_at_stop(text, stops) if reason == "stop" else text for text, reason, _ in rows
+        ]
+        counts = [count for _, _, count in rows]
+        return cls(outputs, [reason for _, reason, _ in rows], sum(counts), counts)
+
+
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """The text before the earliest stop string (stop strings are not part of an output)."""
+    hits = [text.find(s) for s in stops if s in text]
+    return text[: min(hits)] if hits else text
+
 
 class Engine(Protocol):
     """A text-generation backend. Implementations load their model once, in ``__init__``."""

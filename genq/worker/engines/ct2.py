@@ -148,21 +148,14 @@ class CT2Engine:
             if part:
                 out = self._generate_rows([rows[i] for i in part])
                 decoded.update(zip(part, out, strict=True))
-        results = []
-        for i, prepared in enumerate(batch):
-            outputs: list[str] = []
-            reasons: list[FinishReason] = []
-            counts: list[int] = []
-            for row in range(i * n, (i + 1) * n):
-                ids, reason = decoded[row]
-                text = self._decode(ids)
-                if reason == "stop":
-                    text = text[: min(text.find(s) for s in prepared.params.stop if s in text)]
-                outputs.append(text)
-                reasons.append(reason)
-                counts.append(len(ids))
-            results.append(Generation(outputs, reasons, sum(counts), counts))
-        return results
+        texts = [
+            (self._decode(decoded[row][0]), decoded[row][1], len(decoded[row][0]))
+            for row in range(len(rows))
+        ]
+        return [
+            Generation.of(texts[i * n : (i + 1) * n], prepared.params.stop)
+            for i, prepared in enumerate(batch)
+        ]
 
     def _generate_rows(self, rows: list[Prepared]) -> list[tuple[list[int], FinishReason]]:
         first = rows[0].params

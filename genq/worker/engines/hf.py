@@ -239,21 +239,14 @@ class HFEngine:
                 stopping_criteria=StoppingCriteriaList([stopper]),
             )
         generated: list[list[int]] = out[:, width:].tolist()
-        results = []
-        for i, prepared in enumerate(batch):
-            outputs: list[str] = []
-            reasons: list[FinishReason] = []
-            counts: list[int] = []
-            for row in range(i * n, (i + 1) * n):
-                ids = generated[row]
-                reason, count = stopper.finished.get(row, ("length", min(limits[row], len(ids))))
-                text: str = self.tokenizer.decode(
-                    ids[:count], skip_special_tokens=True, clean_up_tokenization_spaces=False
-                )  # type: ignore[assignment]
-                if reason == "stop":
-                    text = text[: min(text.find(s) for s in prepared.params.stop if s in text)]
-                outputs.append(text)
-                reasons.append(reason)
-                counts.append(count)
-            results.append(Generation(outputs, reasons, sum(counts), counts))
-        return results
+        rows: list[tuple[str, FinishReason, int]] = []
+        for row, ids in enumerate(generated):
+            reason, count = stopper.finished.get(row, ("length", min(limits[row], len(ids))))
+            text: str = self.tokenizer.decode(
+                ids[:count], skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )  # type: ignore[assignment]
+            rows.append((text, reason, count))
+        return [
+            Generation.of(rows[i * n : (i + 1) * n], prepared.params.stop)
+            for i, prepared in enumerate(batch)
+        ]

@@ -307,19 +307,11 @@ class ContinuousDecoder:
         self.rows = [self.rows[i] for i in index]
 
     def _generation(self, pending: Pending) -> Generation:
-        outputs: list[str] = []
-        reasons: list[FinishReason] = []
-        counts: list[int] = []
-        for row in pending.rows:
-            text = self._decode(row.generated)
-            assert row.finished is not None
-            if row.finished == "stop":
-                stops = [s for s in row.prepared.params.stop if s in text]
-                text = text[: min(text.find(s) for s in stops)]
-            outputs.append(text)
-            reasons.append(row.finished)
-            counts.append(len(row.generated))
-        return Generation(outputs, reasons, sum(counts), counts)
+        rows = [
+            (self._decode(r.generated), r.finished or "length", len(r.generated))
+            for r in pending.rows
+        ]
+        return Generation.of(rows, pending.prepared.params.stop)
 
     def _decode(self, ids: list[int]) -> str:
         text: str = self.engine.tokenizer.decode(  # type: ignore[assignment]
