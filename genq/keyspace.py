@@ -11,6 +11,7 @@ genq:celery:*                      kombu's queues and bookkeeping (via global_ke
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from genq.errors import InvalidIdError
@@ -43,6 +44,11 @@ def job(job_id: str) -> str:
 
 def results(job_id: str) -> str:
     return namespace("job", checked_id(job_id), "results")
+
+
+def idempotency(key: str) -> str:
+    """Where a client's idempotency key maps to its job id (hashed: keys are arbitrary text)."""
+    return namespace("idempotency", hashlib.sha256(key.encode()).hexdigest()[:40])
 
 
 def jobs_index() -> str:

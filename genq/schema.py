@@ -113,6 +113,8 @@ class JobSpec(BaseModel):
     items: list[JobItem] = Field(min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    # A retried submit with the same key returns the first job's id instead of a new job.
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
 
     @model_validator(mode="after")
     def _unique_custom_ids(self) -> JobSpec:

@@ -171,6 +171,21 @@ class JobStore:
             pipe.execute()
         return self.get(job_id)
 
+    def claim_idempotency_key(self, key: str, job_id: str) -> str | None:
+        """Bind ``key`` to ``job_id`` unless it is bound already; return the earlier job id.
+
+        SET NX is the arbiter between concurrent submits; a key whose job has expired is
+        bound afresh.
+        """
+        name = keyspace.idempotency(key)
+        if self.redis.set(name, job_id, nx=True, ex=self.unfinished_ttl_s):
+            return None
+        existing: str | None = self.redis.get(name)  # type: ignore[assignment]
+        if existing and self.redis.exists(keyspace.job(existing)):
+            return existing
+        self.redis.set(name, job_id, ex=self.unfinished_ttl_s)
+        return None
+
     def get(self, job_id: str) -> JobInfo:
         """Status and counters of one job: one HGETALL, whatever the job's size."""
         fields: dict[str, str] = self.redis.hgetall(keyspace.job(job_id))  # type: ignore[assignment]

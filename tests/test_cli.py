@@ -236,3 +236,15 @@ def test_a_malformed_job_id_is_a_clear_error(genq_cli: Cli, command: str) -> Non
     assert result.returncode == 1
     assert "invalid job id" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_submit_with_an_idempotency_key_prints_the_same_id_twice(
+    genq_cli: Cli, tmp_path: Path
+) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("hello\n")
+    key = f"retry-{time.time_ns()}"
+    first = genq_cli("submit", str(source), "--idempotency-key", key, env={"GENQ_QUEUE": "idle"})
+    second = genq_cli("submit", str(source), "--idempotency-key", key, env={"GENQ_QUEUE": "idle"})
+    assert first.returncode == second.returncode == 0
+    assert first.stdout == second.stdout

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
+from genq import keyspace
 from genq.errors import InvalidJobError, JobNotFoundError, WaitTimeoutError
 from genq.producer.client import Client
 from genq.settings import Settings, redact_url
@@ -86,3 +88,19 @@ def test_passwords_that_confuse_url_parsers_are_redacted_too(url: str) -> None:
 def test_items_that_are_not_prompts_are_reported(client: Client) -> None:
     with pytest.raises(InvalidJobError, match="item 1: expected a prompt string"):
         client.submit(["fine", 42])  # type: ignore[list-item]
+
+
+def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
+    client: Client,
+) -> None:
+    key = f"campaign-42-{time.time_ns()}"
+    jobs_before = client.store.redis.zcard(keyspace.jobs_index())
+    queued_before = client.store.redis.llen(keyspace.celery_prefix() + "nobody-reads-this")
+    idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
+    first = idle.submit(["a", "b"], idempotency_key=key)
+    queued = client.store.redis.llen(keyspace.celery_prefix() + "nobody-reads-this")
+    assert idle.submit(["a", "b"], idempotency_key=key) == first
+    assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before + 1
+    assert client.store.redis.llen(keyspace.celery_prefix() + "nobody-reads-this") == queued
+    assert queued > queued_before
+    assert idle.submit(["a", "b"], idempotency_key=key + "-other") != first

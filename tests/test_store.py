@@ -112,3 +112,13 @@ def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) ->
 def test_a_heartbeat_never_recreates_a_removed_worker(store: JobStore) -> None:
     assert store.heartbeat("gone-worker", 1.0) is False
     assert not store.redis.exists(keyspace.worker("gone-worker"))
+
+
+def test_an_idempotency_key_whose_job_expired_binds_afresh(store: JobStore) -> None:
+    job_id = make_job(store, 1)
+    key = f"k-{job_id}"
+    assert store.claim_idempotency_key(key, job_id) is None
+    assert store.claim_idempotency_key(key, "other") == job_id
+    store.redis.delete(keyspace.job(job_id))
+    assert store.claim_idempotency_key(key, "newer") is None
+    assert store.redis.get(keyspace.idempotency(key)) == "newer"

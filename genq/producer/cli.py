@@ -210,6 +210,10 @@ def _finish(info: JobInfo) -> None:
 )
 @click.option("--timeout", type=float, help="With --wait: give up waiting after this many seconds.")
 @click.option("-o", "--output", help="With --wait: write results (JSON Lines) here.")
+@click.option(
+    "--idempotency-key",
+    help="Submitting again with the same key prints the first job's id and enqueues nothing.",
+)
 @click.pass_context
 def submit(
     ctx: click.Context,
@@ -218,11 +222,15 @@ def submit(
     wait_: bool,
     timeout: float | None,
     output: str | None,
+    idempotency_key: str | None,
     **options: Any,
 ) -> None:
     """Validate FILE (.jsonl, .txt or - for stdin) and enqueue it; print the job id."""
     client = _client(ctx)
-    job_id = client.submit_spec(_spec(client.settings, file, options))
+    spec = _spec(client.settings, file, options)
+    if idempotency_key:
+        spec = spec.model_copy(update={"idempotency_key": idempotency_key})
+    job_id = client.submit_spec(spec)
     click.echo(job_id)
     if wait_ or output:
         try:

@@ -69,6 +69,7 @@ class Client:
         *,
         metadata: Mapping[str, str] | None = None,
         labels: Sequence[str] | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Validate a job and enqueue it; return its id.
 
@@ -76,8 +77,11 @@ class Client:
         optional ``params`` overriding the job's ``params``. Every item and parameter is
         validated first: an invalid job raises :class:`InvalidJobError` and enqueues nothing.
         ``labels`` name the items in error messages (the CLI passes input line numbers).
+        A retried submit with the same ``idempotency_key`` returns the first job's id.
         """
         spec = self.validate(items, params, metadata=metadata, labels=labels)
+        if idempotency_key is not None:
+            spec = spec.model_copy(update={"idempotency_key": idempotency_key})
         return self.submit_spec(spec)
 
     def validate(
@@ -95,6 +99,11 @@ class Client:
         """Enqueue an already validated :class:`JobSpec`; return the job id."""
         work = spec.work_items()
         job_id = new_job_id()
+        if spec.idempotency_key is not None:
+            key = spec.idempotency_key
+            earlier = self._guard(lambda: self.store.claim_idempotency_key(key, job_id))
+            if earlier is not None:
+                return earlier
         self._guard(lambda: self.store.create_job(job_id, spec))
         now = time.time()
         size = self.settings.chunk_size
