@@ -52,6 +52,9 @@ class GenerationParams(BaseModel):
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
     stop: tuple[str, ...] = Field((), max_length=defaults.MAX_STOP_STRINGS)
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    # A prompt too long for the model's context with max_new_tokens: fail the item (default),
+    # or keep its last tokens (the start of the prompt is dropped).
+    truncate: bool = False
 
     @field_validator("stop", mode="before")
     @classmethod

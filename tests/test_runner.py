@@ -123,3 +123,18 @@ def test_items_with_different_sampling_params_run_in_separate_generate_calls(
     sampled, greedy = store.results(job_id)
     assert len(sampled.outputs) == 3
     assert len(greedy.outputs) == 1
+
+
+def test_truncate_keeps_the_end_of_a_prompt_too_long_for_the_context(
+    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+) -> None:
+    long_prompt = "word " * 200
+    job_id, chunk = chunk_for(
+        client, [long_prompt], max_new_tokens=8, do_sample=False, truncate=True
+    )
+    BatchRunner(engine, store, settings, "w").process([chunk])
+    (result,) = store.results(job_id)
+    assert result.error is None
+    assert result.prompt == long_prompt
+    assert result.usage.prompt_tokens == 128 - 8  # the context less the new tokens
+    assert result.usage.completion_tokens == 8

@@ -50,6 +50,12 @@ GENERATION_OPTIONS: list[Callable[[F], F]] = [
     ),
     click.option("--seed", type=int, help="Random seed for sampling."),
     click.option(
+        "--truncate",
+        is_flag=True,
+        default=None,
+        help="Drop the start of a prompt too long for the model instead of failing the item.",
+    ),
+    click.option(
         "--metadata", "-m", multiple=True, metavar="KEY=VALUE", help="Job metadata (repeatable)."
     ),
     click.option(

@@ -120,12 +120,16 @@ class BatchRunner:
                 )
         context = self.engine.max_context
         if context is not None and len(ids) + max_new > context:
-            raise ItemRejected(
-                ItemErrorType.CONTEXT_LENGTH_EXCEEDED,
-                f"the prompt has {len(ids)} tokens and {max_new} new tokens were asked for: "
-                f"{len(ids) + max_new} exceeds the model's context of {context} tokens; "
-                "shorten the prompt or lower max_new_tokens",
-            )
+            if params.truncate and context - max_new >= 1:
+                ids = ids[len(ids) + max_new - context :]  # keep the end of the prompt
+            else:
+                raise ItemRejected(
+                    ItemErrorType.CONTEXT_LENGTH_EXCEEDED,
+                    f"the prompt has {len(ids)} tokens and {max_new} new tokens were asked "
+                    f"for: {len(ids) + max_new} exceeds the model's context of {context} "
+                    "tokens; shorten the prompt, lower max_new_tokens, or set truncate=true "
+                    "to drop the start of the prompt",
+                )
         return Prepared(chunk.job_id, chunk.enqueued_at, item, ids, max_new)
 
     def _run(self, batch: list[Prepared]) -> None:
