@@ -192,8 +192,14 @@ def test_cancel_stops_unstarted_items_and_keeps_finished_results(
     cancelled = genq_cli("cancel", job_id)
     assert cancelled.returncode == 0
     assert "cancelled" in cancelled.stdout
-    time.sleep(2)  # let any batch that was in flight land
-    info = client.status(job_id)
+    # Rows already in flight may still land; wait until the count stops moving.
+    info, deadline = client.status(job_id), time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(1.5)
+        latest = client.status(job_id)
+        if latest.done == info.done:
+            break
+        info = latest
     assert info.status.value == "cancelled"
     assert 0 < info.done < info.total
     results = list(client.iter_results(job_id))
