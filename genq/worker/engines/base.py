@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -49,6 +49,19 @@ class Generation:
         ]
         counts = [count for _, _, count in rows]
         return cls(outputs, [reason for _, reason, _ in rows], sum(counts), counts)
+
+
+def ends_with_stop(
+    decode: Callable[[list[int]], str], generated: list[int], stops: Sequence[str]
+) -> bool:
+    """Whether the newest token completed a stop string.
+
+    Engines check after every token, so only the tail needs decoding: a token is at least one
+    byte and a character at most four, so the last 4 x (longest stop) + 4 tokens suffice.
+    """
+    window = 4 * max(len(s) for s in stops) + 4
+    text = decode(generated[-window:])
+    return any(s in text for s in stops)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> str:

@@ -25,7 +25,7 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from genq.errors import ModelLoadError, WorkerConfigError
 from genq.schema import FinishReason
 from genq.settings import Settings
-from genq.worker.engines.base import Generation, Prepared
+from genq.worker.engines.base import Generation, Prepared, ends_with_stop
 from genq.worker.engines.hf import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class CT2Engine:
             generated[row].append(step.token_id)
             if step.token_id == self.eos_id:
                 finished[row] = "eos"
-            elif stops[row] and any(s in self._decode(generated[row]) for s in stops[row]):
+            elif stops[row] and ends_with_stop(self._decode, generated[row], stops[row]):
                 finished[row] = "stop"
             elif len(generated[row]) >= limits[row]:
                 finished[row] = "length"

@@ -23,7 +23,7 @@ from transformers import (
 
 from genq.errors import ModelLoadError, WorkerConfigError
 from genq.schema import FinishReason
-from genq.worker.engines.base import Generation, Prepared
+from genq.worker.engines.base import Generation, Prepared, ends_with_stop
 
 if TYPE_CHECKING:
     from genq.worker.engines.hf_continuous import ContinuousDecoder
@@ -127,18 +127,20 @@ class RowStopper(StoppingCriteria):  # type: ignore[misc]
                 continue
             if self.eos_id is not None and last[row] == self.eos_id:
                 self.finished[row] = ("eos", step)
-            elif self.stops[row] and self._hit_stop(input_ids[row, self.prompt_len :], row):
+            elif self.stops[row] and ends_with_stop(
+                self._decode, input_ids[row, self.prompt_len :].tolist(), self.stops[row]
+            ):
                 self.finished[row] = ("stop", step)
             elif step >= limit:
                 self.finished[row] = ("length", step)
         done = [row in self.finished for row in range(len(self.limits))]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    def _hit_stop(self, generated: torch.Tensor, row: int) -> bool:
+    def _decode(self, ids: list[int]) -> str:
         text: str = self.tokenizer.decode(
-            generated.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False
+            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )  # type: ignore[assignment]
-        return any(s in text for s in self.stops[row])
+        return text
 
 
 class HFEngine:

@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from genq.schema import FinishReason
-from genq.worker.engines.base import Generation, Prepared
+from genq.worker.engines.base import Generation, Prepared, ends_with_stop
 from genq.worker.engines.hf import HFEngine
 
 PREFILL_PADDING_SLACK = 1.25  # a prefill group may hold this much padding over its real tokens
@@ -223,7 +223,7 @@ class ContinuousDecoder:
             params = row.prepared.params
             if eos is not None and token == eos:
                 row.finished = "eos"
-            elif params.stop and _ends_with_stop(self._decode, row.generated, params.stop):
+            elif params.stop and ends_with_stop(self._decode, row.generated, params.stop):
                 row.finished = "stop"
             elif len(row.generated) >= row.prepared.max_new_tokens:
                 row.finished = "length"
@@ -318,14 +318,6 @@ class ContinuousDecoder:
             ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )
         return text
-
-
-def _ends_with_stop(decode: Any, generated: list[int], stops: Sequence[str]) -> bool:
-    """Whether the newest token completed a stop string (checked every step, so only the tail
-    needs decoding: a token is at least one byte, a character at most four)."""
-    window = 4 * max(len(s) for s in stops) + 4
-    text: str = decode(generated[-window:])
-    return any(s in text for s in stops)
 
 
 def candidate_probs(
