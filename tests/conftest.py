@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -32,6 +33,26 @@ PROMPTS = [
     "Summarise: revenue grew 12%",
     "Le café est prêt",
 ]
+
+
+def one_at_a_time(
+    engine: Any, prompt_ids: list[int], max_new_tokens: int, **kwargs: Any
+) -> list[int]:
+    """The seed tutorial's way, the reference for greedy output: one prompt, plain
+    ``model.generate``, no padding. Returns the new token ids."""
+    import torch
+
+    ids = torch.tensor([prompt_ids])
+    with torch.inference_mode():
+        out = engine.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=engine.pad_id,
+            **kwargs,
+        )
+    return list(out[0, ids.shape[1] :].tolist())
 
 
 def free_port() -> int:

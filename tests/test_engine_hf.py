@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import PROMPTS
+from conftest import PROMPTS, one_at_a_time
 
 from genq.schema import GenerationParams, WorkItem
 from genq.worker.engines.base import Prepared
@@ -32,16 +31,7 @@ def test_batched_greedy_equals_one_at_a_time_generate(engine: HFEngine) -> None:
     batch = prepare(engine, PROMPTS)
     batched = engine.generate(batch)
     for prepared, generation in zip(batch, batched, strict=True):
-        # The seed tutorial's way: one prompt, plain model.generate, no padding.
-        with torch.inference_mode():
-            ids = torch.tensor([prepared.prompt_ids])
-            reference = engine.model.generate(
-                ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=12,
-                do_sample=False,
-                pad_token_id=engine.pad_id,
-            )[0, ids.shape[1] :].tolist()
+        reference = one_at_a_time(engine, prepared.prompt_ids, 12)
         expected = engine.tokenizer.decode(reference, skip_special_tokens=True)
         assert generation.outputs == [expected]
         assert generation.token_counts == [len(reference)]

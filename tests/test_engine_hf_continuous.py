@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import PROMPTS
+from conftest import PROMPTS, one_at_a_time
 
 from genq.schema import GenerationParams, WorkItem
 from genq.worker.engines.base import Generation, Prepared
@@ -26,17 +26,8 @@ def item(engine: HFEngine, index: int, prompt: str, **params: object) -> Prepare
     return Prepared("job", 0.0, work, engine.encode(prompt), p.max_new_tokens)
 
 
-def one_at_a_time(engine: HFEngine, prepared: Prepared) -> list[int]:
-    ids = torch.tensor([prepared.prompt_ids])
-    with torch.inference_mode():
-        out = engine.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=prepared.max_new_tokens,
-            do_sample=False,
-            pad_token_id=engine.pad_id,
-        )
-    return list(out[0, ids.shape[1] :].tolist())
+def reference(engine: HFEngine, prepared: Prepared, **kwargs: object) -> list[int]:
+    return one_at_a_time(engine, prepared.prompt_ids, prepared.max_new_tokens, **kwargs)
 
 
 def run(decoder: ContinuousDecoder, waves: list[list[Prepared]]) -> dict[int, Generation]:
@@ -56,7 +47,7 @@ def test_rows_joining_a_running_batch_match_one_at_a_time_greedy(engine: HFEngin
     done = run(ContinuousDecoder(engine), [items[:3], items[3:5], items[5:]])
     assert sorted(done) == list(range(len(PROMPTS)))
     for prepared in items:
-        expected = one_at_a_time(engine, prepared)
+        expected = reference(engine, prepared)
         generation = done[prepared.item.index]
         assert generation.token_counts == [len(expected)]
         assert generation.outputs == [engine.tokenizer.decode(expected, skip_special_tokens=True)]
@@ -81,22 +72,13 @@ def test_rows_with_different_params_share_the_batch(engine: HFEngine) -> None:
     penalised = item(engine, 2, PROMPTS[2], repetition_penalty=1.3)
     done = run(ContinuousDecoder(engine), [[greedy, sampled, penalised]])
     assert done[0].outputs == [
-        engine.tokenizer.decode(one_at_a_time(engine, greedy), skip_special_tokens=True)
+        engine.tokenizer.decode(reference(engine, greedy), skip_special_tokens=True)
     ]
     assert len(done[1].outputs) == 3
     assert done[1].completion_tokens == 36
-    with torch.inference_mode():
-        ids = torch.tensor([penalised.prompt_ids])
-        reference = engine.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=12,
-            do_sample=False,
-            repetition_penalty=1.3,
-            pad_token_id=engine.pad_id,
-        )[0, ids.shape[1] :].tolist()
-    assert done[2].token_counts == [len(reference)]
-    assert done[2].outputs == [engine.tokenizer.decode(reference, skip_special_tokens=True)]
+    penalised_ids = reference(engine, penalised, repetition_penalty=1.3)
+    assert done[2].token_counts == [len(penalised_ids)]
+    assert done[2].outputs == [engine.tokenizer.decode(penalised_ids, skip_special_tokens=True)]
 
 
 def test_seeded_sampling_does_not_depend_on_neighbours(engine: HFEngine) -> None:
