@@ -6,10 +6,12 @@ registers its batch task on the same configuration.
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 
 from genq import keyspace
-from genq.settings import Settings
+from genq.settings import LEASE_SWEEP_S, Settings
 
 GENERATE_TASK = "genq.generate"
 
@@ -33,10 +35,26 @@ def celery_app(settings: Settings) -> Celery:
         broker_connection_max_retries=None,
         broker_transport_options={
             "global_keyprefix": keyspace.celery_prefix(),
-            "visibility_timeout": settings.visibility_timeout_s,
+            # Leases: a held message's entry in unacked_index is renewed by its worker's
+            # heartbeat (JobStore.renew_leases); kombu requeues one older than the lease, to
+            # the head of the queue, from any live worker's sweep.
+            "unacked_key": keyspace.CELERY_UNACKED,
+            "unacked_index_key": keyspace.CELERY_UNACKED_INDEX,
+            "unacked_mutex_key": keyspace.CELERY_UNACKED_MUTEX,
+            "visibility_timeout": settings.lease_s,
+            "unacked_restore_interval": LEASE_SWEEP_S,
+            "unacked_restore_throttle": 1,  # kombu's default scans every 10th sweep only
+            # kombu holds this lock while it requeues; a worker killed holding it would stop
+            # every recovery for kombu's default of 5 minutes.
+            "unacked_mutex_expire": LEASE_SWEEP_S * 2,
         },
         worker_send_task_events=False,
         worker_enable_remote_control=False,
         enable_utc=True,
     )
+    if settings.redis_url.lower().startswith("rediss://"):
+        # kombu's default for a rediss:// URL is CERT_NONE (no verification); verify the server
+        # like redis-py (the result store) does. ssl_* parameters in the URL (ssl_ca_certs=...)
+        # replace this dict, and go to redis-py as they do for the store.
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app

@@ -31,6 +31,10 @@ class EnqueueError(GenqError):
     """The job could not be handed to the queue; it is marked failed."""
 
 
+class DurabilityError(EnqueueError):
+    """Redis accepted the job but did not confirm it reached its append-only file in time."""
+
+
 class BrokerUnavailableError(GenqError, ConnectionError):
     """Redis could not be reached."""
 

@@ -2,11 +2,15 @@
 
 genq:job:{id}               hash   status, counters, timestamps, params/metadata (JSON)
 genq:job:{id}:results       hash   item index -> ItemResult JSON (first write wins)
+genq:job:{id}:attempts      hash   item index -> times a worker started it (dropped at the end)
 genq:jobs                   zset   job ids by creation time
 genq:workers                zset   worker ids by last heartbeat
 genq:worker:{id}            hash   WorkerInfo fields and counters
 genq:worker:{id}:batches    hash   sequences per batch -> number of batches
 genq:celery:*                      kombu's queues and bookkeeping (via global_keyprefix)
+genq:celery:unacked         hash   delivery tag -> message a worker holds (kombu's ack emulation)
+genq:celery:unacked_index   zset   delivery tag -> lease time: renewed by the holder's heartbeat,
+                                   requeued by any worker once older than GENQ_LEASE_S
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def results(job_id: str) -> str:
     return namespace("job", checked_id(job_id), "results")
 
 
+def attempts(job_id: str) -> str:
+    return namespace("job", checked_id(job_id), "attempts")
+
+
 def idempotency(key: str) -> str:
     """Where a client's idempotency key maps to its job id (hashed: keys are arbitrary text)."""
     return namespace("idempotency", hashlib.sha256(key.encode()).hexdigest()[:40])
@@ -70,3 +78,15 @@ def worker_batches(worker_id: str) -> str:
 def celery_prefix() -> str:
     """Prefix kombu puts before every key of the Celery broker (its ``global_keyprefix``)."""
     return namespace("celery") + SEPARATOR
+
+
+# kombu's names for its ack-emulation keys (it adds celery_prefix() itself); genq passes them
+# to kombu explicitly so that the lease renewal below and kombu agree on one name.
+CELERY_UNACKED = "unacked"
+CELERY_UNACKED_INDEX = "unacked_index"
+CELERY_UNACKED_MUTEX = "unacked_mutex"
+
+
+def celery_unacked_index() -> str:
+    """Full name of kombu's zset of held messages (delivery tag -> lease time)."""
+    return celery_prefix() + CELERY_UNACKED_INDEX

@@ -25,9 +25,12 @@ class JobStatus(str, Enum):
     COMPLETED = "completed"  # every item ended, with a result or a per-item error
     FAILED = "failed"  # the job could not run at all (e.g. it could not be enqueued)
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # its deadline (expires_in_s) passed first; finished results are kept
 
 
-TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL = frozenset(
+    {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED}
+)
 UNFINISHED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 FinishReason = Literal["length", "stop", "eos"]
@@ -118,6 +121,8 @@ class JobSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
     # A retried submit with the same key returns the first job's id instead of a new job.
     idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    # Deadline: this long after submission, items not yet generated end as `expired`.
+    expires_in_s: float | None = Field(None, gt=0, le=defaults.MAX_EXPIRES_IN_S)
 
     @model_validator(mode="after")
     def _unique_custom_ids(self) -> JobSpec:
@@ -182,6 +187,9 @@ class ItemErrorType(str, Enum):
     INVALID_PARAMS = "invalid_params"  # parameters that only the tokenizer can check
     EMPTY_PROMPT = "empty_prompt"  # the prompt tokenises to nothing
     GENERATION_ERROR = "generation_error"  # the engine raised for this item
+    EXPIRED = "expired"  # the job's deadline passed before the item was generated
+    OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory even with the item alone
+    WORKER_LOST = "worker_lost"  # its worker died every time it was being generated
 
 
 class ErrorInfo(BaseModel):
@@ -244,6 +252,7 @@ class JobInfo(BaseModel):
     params: GenerationParams = Field(default_factory=GenerationParams)
     metadata: dict[str, str] = Field(default_factory=dict)
     error: str | None = None  # why the whole job failed, when status is failed
+    expires_at: datetime | None = None  # the job's deadline, when it has one
 
     @property
     def done(self) -> int:

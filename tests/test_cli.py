@@ -254,3 +254,19 @@ def test_submit_with_an_idempotency_key_prints_the_same_id_twice(
     second = genq_cli("submit", str(source), "--idempotency-key", key, env={"GENQ_QUEUE": "idle"})
     assert first.returncode == second.returncode == 0
     assert first.stdout == second.stdout
+
+
+def test_a_job_with_a_deadline_and_no_worker_ends_expired(genq_cli: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "p.txt"
+    source.write_text("hello\n")
+    idle = {"GENQ_QUEUE": "idle"}
+    submitted = genq_cli("submit", str(source), "--expires-in", "5s", env=idle)
+    assert submitted.returncode == 0
+    job_id = submitted.stdout.strip()
+    assert "expires " in genq_cli("status", job_id).stdout
+    waited = genq_cli("wait", job_id, "--timeout", "30")
+    assert waited.returncode == 1
+    assert f"job {job_id} ended expired" in waited.stderr
+    bad = genq_cli("submit", str(source), "--expires-in", "soon", env=idle)
+    assert bad.returncode == 2
+    assert "is not a duration" in bad.stderr

@@ -11,6 +11,7 @@ from genq.producer.client import Client
 from genq.schema import JobStatus, WorkChunk
 from genq.settings import Settings
 from genq.store import JobStore, connect
+from genq.worker.engines.faults import FaultPlan, FaultyEngine
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.null import NullEngine
 from genq.worker.runner import BatchRunner
@@ -138,3 +139,86 @@ def test_truncate_keeps_the_end_of_a_prompt_too_long_for_the_context(
     assert result.prompt == long_prompt
     assert result.usage.prompt_tokens == 128 - 8  # the context less the new tokens
     assert result.usage.completion_tokens == 8
+
+
+def faulty(engine: HFEngine, **plan: object) -> FaultyEngine:
+    return FaultyEngine(engine, FaultPlan.model_validate(plan))
+
+
+def test_a_poison_item_is_retried_then_fails_alone_and_its_batch_succeeds(
+    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+) -> None:
+    prompts = [f"prompt {i}" for i in range(7)] + ["POISON prompt"]
+    job_id, chunk = chunk_for(client, prompts, max_new_tokens=4, do_sample=False)
+    bad = faulty(engine, raise_on=["POISON"])
+    BatchRunner(bad, store, settings.model_copy(update={"max_attempts": 3}), "w").process([chunk])
+    results = store.results(job_id)
+    assert [r.ok for r in results] == [True] * 7 + [False]
+    assert results[-1].error is not None
+    assert results[-1].error.type == "generation_error"
+    assert "injected fault for item 7 (after 3 attempts)" in results[-1].error.message
+    # in batches of 8, 4 and 2 while the batch was split, then alone max_attempts times
+    assert bad.raised[(job_id, 7)] == 3 + 3
+    info = store.get(job_id)
+    assert (info.status, info.completed, info.failed) == (JobStatus.COMPLETED, 7, 1)
+
+
+def test_an_item_that_fails_fewer_times_than_max_attempts_gets_its_result(
+    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+) -> None:
+    job_id, chunk = chunk_for(client, ["ok", "FLAKY once"], max_new_tokens=4, do_sample=False)
+    bad = faulty(engine, raise_on=["FLAKY"], raise_times=2)
+    BatchRunner(bad, store, settings.model_copy(update={"max_attempts": 3}), "w").process([chunk])
+    assert [r.ok for r in store.results(job_id)] == [True, True]
+    assert bad.raised[(job_id, 1)] == 2
+
+
+def test_out_of_memory_halves_the_batch_and_the_token_budget(
+    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+) -> None:
+    prompts = [f"prompt {i}" for i in range(8)]
+    prompts[5] = "BIG prompt"
+    job_id, chunk = chunk_for(client, prompts, max_new_tokens=4, do_sample=False)
+    # Out of memory whenever the BIG item shares a batch: halving leaves it alone, then it runs.
+    runner = BatchRunner(faulty(engine, oom_on=["BIG"], oom_above_rows=1), store, settings, "w")
+    before = runner.budget
+    runner.process([chunk])
+    assert all(r.ok for r in store.results(job_id))
+    assert runner.budget < before
+
+
+def test_an_item_out_of_memory_even_alone_fails_as_out_of_memory(
+    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+) -> None:
+    job_id, chunk = chunk_for(client, ["fine", "HUGE"], max_new_tokens=4, do_sample=False)
+    runner = BatchRunner(
+        faulty(engine, oom_on=["HUGE"], oom_above_rows=0),
+        store,
+        settings.model_copy(update={"max_attempts": 2}),
+        "w",
+    )
+    runner.process([chunk])
+    fine, huge = store.results(job_id)
+    assert fine.ok
+    assert huge.error is not None
+    assert huge.error.type == "out_of_memory"
+    assert "(after 2 attempts)" in huge.error.message
+
+
+def test_retry_backoff_doubles_with_each_attempt(
+    store: JobStore, settings: Settings, engine: HFEngine, client: Client
+) -> None:
+    _, chunk = chunk_for(client, ["BAD"], max_new_tokens=2, do_sample=False)
+    runner = BatchRunner(
+        faulty(engine, raise_on=["BAD"]),
+        store,
+        settings.model_copy(update={"max_attempts": 5, "retry_backoff_s": 0.5}),
+        "w",
+    )
+    (item,) = runner.admit(chunk)
+    delays = []
+    for attempt in (1, 2, 3):
+        runner.attempts[(item.job_id, item.item.index)] = attempt
+        (again,) = runner.run([item])
+        delays.append(runner.retry_delay_s(again))
+    assert delays == [0.5, 1.0, 2.0]

@@ -29,7 +29,7 @@ class Acks:
         self.acked: list[str] = []
 
     def delivery(self, name: str, n: int) -> Delivery:
-        return Delivery(name, n, lambda: self.acked.append(name))
+        return Delivery(f"tag-{name}", name, n, lambda: self.acked.append(name))
 
 
 def test_a_batch_spans_messages_and_jobs() -> None:
@@ -112,3 +112,38 @@ def test_close_wakes_a_waiting_engine_loop() -> None:
     scheduler.close()
     thread.join(2)
     assert got == [None]
+
+
+def test_a_retried_item_waits_out_its_backoff_and_others_run_meanwhile() -> None:
+    acks = Acks()
+    scheduler = Scheduler(max_batch_size=1, max_batch_tokens=10_000, max_wait_ms=1)
+    scheduler.add(acks.delivery("a", 2), items("job-a", 2))
+    (first,) = scheduler.next_batch() or []
+    first.not_before = time.monotonic() + 0.3
+    scheduler.retry_later([first])
+    (second,) = scheduler.next_batch() or []
+    assert second.prepared.item.index == 1  # the retry waits; the next item does not
+    scheduler.complete([second])
+    started = time.monotonic()
+    (again,) = scheduler.next_batch() or []
+    assert again is first
+    assert time.monotonic() - started >= 0.2
+    scheduler.complete([again])
+    assert acks.acked == ["a"]
+
+
+def test_a_released_message_is_never_acked_and_its_waiting_items_leave() -> None:
+    acks = Acks()
+    scheduler = Scheduler(max_batch_size=2, max_batch_tokens=10_000, max_wait_ms=1)
+    scheduler.add(acks.delivery("a", 4), items("job-a", 4))
+    scheduler.add(acks.delivery("b", 1), items("job-b", 1))
+    running = scheduler.next_batch()
+    assert running is not None
+    assert sorted(scheduler.held_tags()) == ["tag-a", "tag-b"]
+    assert scheduler.release(["tag-a", "tag-unknown"]) == 2  # a's two waiting items
+    assert scheduler.held_tags() == ["tag-b"]
+    scheduler.complete(running)  # a's running items still end (their results get written)
+    (last,) = scheduler.next_batch() or []
+    assert last.prepared.job_id == "job-b"
+    scheduler.complete([last])
+    assert acks.acked == ["b"]

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 
 from genq.schema import (
     TERMINAL,
+    UNFINISHED,
     GenerationParams,
     ItemResult,
     JobItem,
@@ -110,8 +111,14 @@ def test_messages_round_trip_through_json() -> None:
 
 
 def test_terminal_statuses() -> None:
-    assert {JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED} == TERMINAL
-    assert JobStatus.RUNNING not in TERMINAL
+    assert {
+        JobStatus.COMPLETED,
+        JobStatus.FAILED,
+        JobStatus.CANCELLED,
+        JobStatus.EXPIRED,
+    } == TERMINAL
+    assert set(JobStatus) == TERMINAL | UNFINISHED
+    assert not TERMINAL & UNFINISHED
 
 
 def test_several_sequences_need_sampling() -> None:

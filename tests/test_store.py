@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
 import pytest
+from conftest import RedisProcess, valkey_binary
 
 from genq import keyspace
 from genq.errors import JobNotFoundError
-from genq.producer.client import new_job_id
-from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus
+from genq.producer.client import Client, new_job_id
+from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
-from genq.store import JobStore, connect
+from genq.store import BatchStats, JobStore, connect
 
 TTL_S = 1234
 
@@ -122,3 +127,58 @@ def test_an_idempotency_key_whose_job_expired_binds_afresh(store: JobStore) -> N
     store.redis.delete(keyspace.job(job_id))
     assert store.claim_idempotency_key(key, "newer") is None
     assert store.redis.get(keyspace.idempotency(key)) == "newer"
+
+
+def test_a_submit_waits_until_the_append_only_file_holds_the_job(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "aof", appendonly=True, binary=valkey_binary())
+    server.start()
+    try:
+        client = Client(settings=Settings(redis_url=server.url))
+        job_id = client.submit(["durable"])
+        stats = client.store.redis.info("commandstats")
+        assert stats["cmdstat_waitaof"]["calls"] == 1  # WAITAOF confirmed the fsync
+        assert stats["cmdstat_waitaof"]["failed_calls"] == 0
+        assert client.store.confirm_durable(job_id, 5) is True
+    finally:
+        server.stop()
+
+
+def test_a_server_without_persistence_cannot_confirm_durability(store: JobStore) -> None:
+    assert store.confirm_durable(make_job(store, 1), 5) is False
+
+
+def test_a_job_past_its_deadline_turns_expired_when_read(store: JobStore) -> None:
+    job_id = new_job_id()
+    spec = JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.2)
+    assert store.create_job(job_id, spec).expires_at is not None
+    assert store.statuses([job_id])[job_id] is JobStatus.QUEUED
+    time.sleep(0.3)
+    info = store.get(job_id)
+    assert (info.status, info.finished_at is not None) == (JobStatus.EXPIRED, True)
+    assert store.admit(job_id, [0]) == (JobStatus.EXPIRED, set())
+    assert 0 < store.redis.ttl(keyspace.job(job_id)) <= TTL_S
+
+
+def test_admitting_a_message_after_the_deadline_expires_the_job(store: JobStore) -> None:
+    job_id = new_job_id()
+    store.create_job(job_id, JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.1))
+    time.sleep(0.2)
+    assert store.admit(job_id, [0]) == (JobStatus.EXPIRED, set())
+
+
+def test_a_worker_record_lost_in_an_outage_comes_back_with_its_counters(store: JobStore) -> None:
+    now = datetime.now(timezone.utc)
+    info = WorkerInfo(
+        id=f"w-{new_job_id()}", hostname="h", pid=1, engine="null", model="none", device="cpu",
+        max_batch_size=4, started_at=now, last_seen=now,
+    )  # fmt: skip
+    store.register_worker(info, 1.0)
+    store.record({}, BatchStats(info.id, sequences=4, items=4, tokens=40))
+    store.redis.delete(keyspace.worker(info.id))  # expired while Redis was away...
+    store.record({}, BatchStats(info.id, sequences=2, items=2, tokens=20))  # ...then counted
+    assert 0 < store.redis.ttl(keyspace.worker(info.id)) <= 3600  # an orphan would expire
+    assert store.heartbeat(info.id, 1.0) is False  # a partial record is not a live worker
+    store.register_worker(info, 1.0)
+    (listed,) = [w for w in store.workers(1.0) if w.id == info.id]
+    assert (listed.batches, listed.items, listed.tokens) == (1, 2, 20)
+    assert listed.batch_sizes == {4: 1, 2: 1}

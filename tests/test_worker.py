@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +14,8 @@ import pytest
 from conftest import RedisProcess, StartWorker, WorkerProcess, free_port
 
 from genq.broker import GENERATE_TASK
-from genq.producer.client import Client
+from genq.producer.client import Client, new_job_id
+from genq.schema import JobItem, JobSpec
 from genq.settings import Settings
 
 
@@ -122,3 +124,18 @@ def test_sigterm_hands_buffered_items_back_and_nothing_runs_twice(
     assert (info.status.value, info.completed, info.failed) == ("completed", 200, 0)
     results = list(client.iter_results(job_id))
     assert [r.index for r in results] == list(range(200))
+
+
+def test_an_unreadable_message_fails_its_job_instead_of_leaving_it_running(
+    worker: WorkerProcess, client: Client
+) -> None:
+    job_id = new_job_id()
+    client.store.create_job(job_id, JobSpec(items=[JobItem(prompt="p")]))
+    # A chunk from another genq version: the right job id, items of an unknown shape.
+    body = json.dumps({"job_id": job_id, "enqueued_at": 0, "items": [{"text": "p"}]})
+    client.celery.send_task(GENERATE_TASK, args=[body], queue=client.settings.queue)
+    info = client.wait(job_id, timeout_s=30)
+    assert info.status.value == "failed"
+    assert info.error is not None
+    assert "could not be read" in info.error
+    assert "same genq version" in info.error

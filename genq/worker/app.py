@@ -54,12 +54,15 @@ class FlowControl:
         self.scheduler = scheduler
         self.target = target_prompts
         self.consumer: Any = None
+        # Messages whose lease was lost: never acked, they still fill a slot of kombu's
+        # prefetch window on this channel until the connection is re-established.
+        self.orphaned = 0
 
     def update(self) -> None:
         qos = getattr(self.consumer, "qos", None)
         if qos is None:
             return
-        held = self.scheduler.held()
+        held = self.scheduler.held() + self.orphaned
         want = held + 1 if self.scheduler.pending() < self.target else max(held, 1)
         if want != qos.value:
             qos.value = want
@@ -69,13 +72,25 @@ class FlowControl:
         if self.consumer is not None:
             self.consumer.call_soon(self.update)
 
+    def lost(self, count: int) -> None:
+        """``count`` messages were released after their leases were lost (any thread)."""
 
-def create_app(settings: Settings, loop: EngineLoop) -> Celery:
+        def orphan() -> None:
+            self.orphaned += count
+            self.update()
+
+        if self.consumer is not None:
+            self.consumer.call_soon(orphan)
+
+
+def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celery:
     """The worker's Celery app: genq's task admits each message into the loop's scheduler."""
     runner, scheduler = loop.runner, loop.scheduler
     app = celery_app(settings)
     app.conf.worker_prefetch_multiplier = 1  # FlowControl moves the window from there
-    flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
+    # genq's messages never run as Celery tasks (the engine loop runs them), so there is
+    # nothing for this to cancel; set it to silence Celery's warning on every reconnection.
+    app.conf.worker_cancel_long_running_tasks_on_connection_loss = True
     loop.on_room = flow.soon
 
     class GenerateTask(Task):  # type: ignore[misc]
@@ -108,6 +123,7 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
                         message.headers.get("id") if message.headers else "?",
                         e,
                     )
+                    runner.fail_unreadable(payload, e)
                     reject(log, errors)
                     return
                 try:
@@ -119,7 +135,10 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
                     return
                 # The engine thread finishes deliveries; the ack itself runs on this thread.
                 delivery = Delivery(
-                    chunk.job_id, len(ready), lambda: consumer.call_soon(acknowledge, message)
+                    str(message.delivery_tag),
+                    chunk.job_id,
+                    len(ready),
+                    lambda: consumer.call_soon(acknowledge, message),
                 )
                 scheduler.add(delivery, ready)
                 flow.update()
@@ -135,12 +154,15 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
 
         def start(self, c: Any) -> None:
             flow.consumer = c
+            flow.orphaned = 0  # a new channel: kombu's prefetch window starts empty
             flow.update()
 
         def stop(self, c: Any) -> None:
-            # The connection is being re-established: the broker redelivers what was
-            # buffered, so forget it rather than run it twice.
-            dropped = scheduler.drop_pending()
+            # The connection is closing (Redis went away, or shutdown): a message can only be
+            # acknowledged on the channel it came on, so release them all. Waiting items leave
+            # the pool; kombu requeues the messages, now or (Redis away) when their leases
+            # expire, and the items that got results meanwhile are skipped on redelivery.
+            dropped = scheduler.release()
             if dropped:
                 log.warning("consumer stopping: %d buffered item(s) left to redelivery", dropped)
 
@@ -150,31 +172,57 @@ def create_app(settings: Settings, loop: EngineLoop) -> Celery:
             # (finished ones too, if their ack did not go out: a rerun skips them).
             scheduler.close()
             loop.join(SHUTDOWN_GRACE_S + 10)
-            log.warning(
-                "engine loop stopped; %d waiting item(s) handed back", scheduler.drop_pending()
-            )
+            log.warning("engine loop stopped; %d waiting item(s) handed back", scheduler.release())
 
     app.steps["consumer"].add(EngineStep)
     return app
 
 
 class Heartbeat(threading.Thread):
-    """Refreshes the worker's record in Redis so producers and ``genq workers`` can see it."""
+    """Renews the leases on the messages the worker holds, and its record in Redis.
 
-    def __init__(self, store: JobStore, info: WorkerInfo, period_s: float) -> None:
+    A thread of its own, so that a long forward pass never delays a renewal: a healthy worker
+    keeps its messages however long its batches run, and a dead one loses them within a lease.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        info: WorkerInfo,
+        period_s: float,
+        scheduler: Scheduler,
+        flow: FlowControl,
+    ) -> None:
         super().__init__(name="genq-heartbeat", daemon=True)
         self.store = store
         self.info = info
         self.period_s = period_s
+        self.scheduler = scheduler
+        self.flow = flow
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        while not self.stopped.wait(self.period_s):
+        while True:
             try:
-                if not self.store.heartbeat(self.info.id, self.period_s):
-                    self.store.register_worker(self.info, self.period_s)  # e.g. Redis restarted
+                self.beat()
             except Exception as e:  # Redis away: keep trying, the worker itself reconnects
                 log.warning("heartbeat failed: %s", e)
+            if self.stopped.wait(self.period_s):
+                return
+
+    def beat(self) -> None:
+        lost = self.store.renew_leases(self.scheduler.held_tags())
+        if lost:
+            released = self.scheduler.release(lost)
+            self.flow.lost(len(lost))
+            log.warning(
+                "lease lost on %d message(s) (not renewed for GENQ_LEASE_S): they were requeued "
+                "for another worker; %d waiting item(s) dropped here",
+                len(lost),
+                released,
+            )
+        if not self.store.heartbeat(self.info.id, self.period_s):
+            self.store.register_worker(self.info, self.period_s)  # e.g. Redis restarted
 
     def stop(self) -> None:
         self.stopped.set()
@@ -208,7 +256,8 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     loop.warmed.wait()
     if loop.failure is not None:
         raise loop.failure
-    app = create_app(settings, loop)
+    flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
+    app = create_app(settings, loop, flow)
     info = WorkerInfo(
         id=worker_id,
         hostname=socket.gethostname(),
@@ -220,7 +269,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         started_at=utcnow(),
         last_seen=utcnow(),
     )
-    heartbeat = Heartbeat(store, info, settings.heartbeat_s)
+    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow)
 
     def on_ready(**_: Any) -> None:
         store.register_worker(info, settings.heartbeat_s)

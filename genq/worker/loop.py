@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING
@@ -24,7 +26,7 @@ from redis.exceptions import RedisError
 
 from genq.schema import TERMINAL
 from genq.settings import Settings
-from genq.worker.engines.base import Generation, Prepared
+from genq.worker.engines.base import Generation, Prepared, is_out_of_memory
 from genq.worker.runner import BatchRunner
 from genq.worker.scheduler import Entry, Scheduler
 
@@ -34,8 +36,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("genq.worker")
 
 RETRY_DELAY_S = 1.0  # after a batch's results could not be written (Redis away)
+RETRY_LOG_S = 10.0  # while Redis is away, say so at most this often
 CANCEL_CHECK_S = 1.0  # how often running rows are checked against cancelled jobs
 SHUTDOWN_GRACE_S = 60.0  # a warm shutdown lets the rows in flight finish for this long
+
+
+# Results of a continuous batch step, held until they are written: (entries, generations,
+# start times by id of item, rows in the batch).
+_Held = tuple[list[Entry], list[tuple[Prepared, Generation]], dict[int, float], int]
 
 
 class EngineLoop(threading.Thread):
@@ -49,7 +57,11 @@ class EngineLoop(threading.Thread):
         self.on_room: Callable[[], None] = lambda: None  # the pool has room for more messages
         self.warmed = threading.Event()
         self.failure: BaseException | None = None
-        self.max_batch_tokens = settings.resolved_max_batch_tokens(runner.engine.device)
+        # Finished generations whose results could not be written yet (Redis away): kept and
+        # written when Redis is back, rather than generated again. Their messages stay unacked.
+        self._unwritten: list[_Held] = []
+        self._next_write_s = 0.0
+        self._last_retry_log_s = -RETRY_LOG_S
 
     def run(self) -> None:
         try:
@@ -76,12 +88,11 @@ class EngineLoop(threading.Thread):
     def _run_static(self) -> None:
         while (batch := self.scheduler.next_batch()) is not None:
             self.on_room()
-            try:
-                self.runner.run([entry.prepared for entry in batch])
-            except Exception:
-                self._retry(batch)
-                continue
-            self.scheduler.complete(batch)
+            normal, suspects = self._begin(batch)
+            for entry in suspects:
+                self._rerun([entry])
+            if normal:
+                self._rerun(normal)
 
     # --- continuous -----------------------------------------------------------------------
     def _run_continuous(self, decoder: ContinuousDecoder) -> None:
@@ -89,11 +100,10 @@ class EngineLoop(threading.Thread):
         started: dict[int, float] = {}
         last_check = time.monotonic()
         size = self.settings.max_batch_size
-        budget = self.max_batch_tokens
         closing_by: float | None = None  # set at shutdown: finish the rows in flight by then
 
         def fits(items: list[Prepared]) -> bool:
-            return decoder.projected_tokens(items) <= budget
+            return decoder.projected_tokens(items) <= self.runner.budget
 
         while True:
             free = size - decoder.active_rows
@@ -101,16 +111,28 @@ class EngineLoop(threading.Thread):
                 taken = self.scheduler.take(free, fits, wait=decoder.active_rows == 0)
                 if taken is None:
                     closing_by = time.monotonic() + SHUTDOWN_GRACE_S
-                elif taken := self._live(taken):
+                    taken = []
+                normal, suspects = self._begin(taken) if taken else ([], [])
+                for entry in suspects:
+                    self._rerun([entry])
+                if normal or suspects:
                     self.on_room()
+                if normal:
+                    taken = normal
                     for entry in taken:
                         entries[id(entry.prepared)] = entry
                         started[id(entry.prepared)] = time.time()
                     items = [e.prepared for e in taken]
                     self._guarded(decoder, entries, started, partial(decoder.add, items))
+            if self._unwritten:
+                self._write_held()
             if not decoder.active_rows:
-                if closing_by is not None:
+                if closing_by is not None and (
+                    not self._unwritten or time.monotonic() > closing_by
+                ):
                     return
+                if self._unwritten:
+                    time.sleep(min(RETRY_DELAY_S, 0.1))  # idle, waiting only for Redis
                 continue
             if closing_by is not None and time.monotonic() > closing_by:
                 # Out of time: the broker redelivers these messages; no result was written.
@@ -130,47 +152,113 @@ class EngineLoop(threading.Thread):
     ) -> None:
         try:
             done = call()
-        except Exception:
+        except Exception as e:
             # The batch is lost (with any item that was being added): every unfinished item
             # reruns as static batches, which split to isolate a failing item and record its
             # error.
-            log.exception("continuous batch failed; rerunning its items as static batches")
+            if is_out_of_memory(e):
+                self.runner.out_of_memory(self.runner.budget)
+            log.warning(
+                "continuous batch failed (%s: %s); rerunning its items as static batches",
+                type(e).__name__,
+                e,
+            )
             decoder.clear()
             failed = list(entries.values())
             entries.clear()
             started.clear()
             self._rerun(failed)
             return
+        self.runner.batch_done()
         if not done:
             return
         finished = [entries.pop(id(p)) for p, _ in done]
         times = {id(p): started.pop(id(p)) for p, _ in done}
-        try:
-            self.runner.finish(done, times, decoder.active_rows + len(done))
-        except Exception:
-            self._retry(finished)
+        self._unwritten.append((finished, done, times, decoder.active_rows + len(done)))
+        self._write_held(force=True)
+
+    def _write_held(self, force: bool = False) -> None:
+        """Write the results held back while Redis was away (at most every RETRY_DELAY_S)."""
+        if not force and time.monotonic() < self._next_write_s:
             return
-        self.scheduler.complete(finished)
+        while self._unwritten:
+            finished, done, times, rows = self._unwritten[0]
+            try:
+                self.runner.finish(done, times, rows)
+            except RedisError as e:
+                self._next_write_s = time.monotonic() + RETRY_DELAY_S
+                held = sum(len(f) for f, *_ in self._unwritten)
+                self._say_retrying(f"holding {held} finished item(s) until Redis is back ({e})")
+                return
+            except Exception:
+                self._unwritten.pop(0)
+                self._retry(finished)
+                continue
+            self._unwritten.pop(0)
+            self.scheduler.complete(finished)
 
     def _rerun(self, entries: list[Entry]) -> None:
+        """Run ``entries`` as static batches; failed items go back to wait out their backoff."""
         try:
-            self.runner.run([e.prepared for e in entries])
+            retry = self.runner.run([e.prepared for e in entries])
         except Exception:
             self._retry(entries)
             return
-        self.scheduler.complete(entries)
+        again = {id(p) for p in retry}
+        later = [e for e in entries if id(e.prepared) in again]
+        for entry in later:
+            entry.not_before = time.monotonic() + self.runner.retry_delay_s(entry.prepared)
+        self.scheduler.retry_later(later)
+        self.scheduler.complete([e for e in entries if id(e.prepared) not in again])
 
-    def _live(self, taken: list[Entry]) -> list[Entry]:
-        """Entries whose job still runs; the others end now, without a result."""
+    def _begin(self, taken: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+        """Count an attempt (in Redis, so a worker's death counts too) for the entries taken
+        from the pool, and sort them: (entries to batch, at most one *suspect* to run alone).
+
+        A suspect is an item on its second try or later: it failed, or was in flight when a
+        worker died. Suspects run alone, one at a time (the others wait in the pool, not
+        counted), so a poison item takes no neighbour down with it; one started
+        GENQ_MAX_ATTEMPTS times already ends as ``worker_lost`` instead of taking down every
+        worker in turn. Entries of ended jobs end here too.
+        """
+        by_job: dict[str, list[int]] = defaultdict(list)
+        for entry in taken:
+            by_job[entry.prepared.job_id].append(entry.prepared.item.index)
+        limit = self.settings.max_attempts
+        normal: list[Entry] = []
+        suspects: list[Entry] = []
+        waiting: list[Entry] = []
+        ended: list[Entry] = []
         try:
-            statuses = self.runner.store.statuses({e.prepared.job_id for e in taken})
+            statuses, counts = self.runner.store.start(by_job)
+            live = {id(p) for p in self.runner.live([e.prepared for e in taken], statuses)}
+            for entry in taken:
+                p = entry.prepared
+                count = counts.get((p.job_id, p.item.index), 1)
+                if id(p) not in live:
+                    ended.append(entry)
+                elif count > 0:
+                    normal.append(entry)
+                elif -count >= limit:
+                    self.runner.record_abandoned(p, -count)
+                    ended.append(entry)
+                elif suspects:
+                    waiting.append(entry)
+                else:
+                    p = entry.prepared
+                    _, again = self.runner.store.start({p.job_id: [p.item.index]}, retry=True)
+                    self.runner.attempts[(p.job_id, p.item.index)] = abs(
+                        again.get((p.job_id, p.item.index), 2)
+                    )
+                    suspects.append(entry)
         except RedisError as e:  # cannot tell: run them; results are checked when written
-            log.warning("could not read job statuses: %s", e)
-            return taken
-        ended = [e for e in taken if statuses[e.prepared.job_id] in TERMINAL | {None}]
+            log.warning("could not count attempts: %s", e)
+            return taken, []
         if ended:
             self.scheduler.complete(ended)
-        return [e for e in taken if statuses[e.prepared.job_id] not in TERMINAL | {None}]
+        if waiting:
+            self.scheduler.retry_later(waiting)  # not_before passed: next in line
+        return normal, suspects
 
     def _drop_cancelled(
         self, decoder: ContinuousDecoder, entries: dict[int, Entry], started: dict[int, float]
@@ -187,9 +275,25 @@ class EngineLoop(threading.Thread):
             log.info("stopped %d item(s) of ended job(s) %s", len(dropped), sorted(ended))
             for p in dropped:
                 started.pop(id(p), None)
-            self.scheduler.complete([entries.pop(id(p)) for p in dropped])
+            gone = [entries.pop(id(p)) for p in dropped]
+            try:
+                self.runner.live(dropped, statuses)  # expired items get their result
+            except RedisError:
+                self._retry(gone)  # back to the pool: the next look at them ends them
+                return
+            self.scheduler.complete(gone)
+
+    def _say_retrying(self, what: str, exc_info: bool = False) -> None:
+        if time.monotonic() - self._last_retry_log_s >= RETRY_LOG_S:
+            self._last_retry_log_s = time.monotonic()
+            log.warning("%s; retrying every %.0f s", what, RETRY_DELAY_S, exc_info=exc_info)
 
     def _retry(self, entries: list[Entry]) -> None:
-        log.exception("could not run or record %d item(s); retrying", len(entries))
+        error = sys.exc_info()[1]
+        self._say_retrying(
+            f"could not run or record {len(entries)} item(s) ({type(error).__name__}: {error})",
+            exc_info=not isinstance(error, RedisError),
+        )
+        for entry in entries:
+            entry.not_before = time.monotonic() + RETRY_DELAY_S
         self.scheduler.retry_later(entries)
-        time.sleep(RETRY_DELAY_S)

@@ -2,29 +2,37 @@
 
 Idempotent by construction: items whose job has ended, or that already have a result (a
 redelivered message), are not run again, and the store keeps the first result written.
+
+Failures stay per item: a batch that raises is split in halves until the item that fails is
+alone; that item is retried (GENQ_MAX_ATTEMPTS tries in all, with exponential backoff, by the
+caller putting it back in the pool) and then recorded with its error. Running out of device
+memory also halves the batch, and halves the worker's token budget for a while.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
+from genq import keyspace
 from genq.schema import (
     TERMINAL,
     ErrorInfo,
     ItemErrorType,
     ItemResult,
+    JobStatus,
     Timing,
     Usage,
     WorkChunk,
     WorkItem,
 )
-from genq.settings import Settings
+from genq.settings import OOM_RECOVERY_BATCHES, Settings
 from genq.store import BatchStats, JobStore
 from genq.worker.batching import plan_batches
-from genq.worker.engines.base import Engine, Generation, Prepared
+from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +53,12 @@ class BatchRunner:
         self.store = store
         self.settings = settings
         self.worker_id = worker_id
+        self.configured_budget = settings.resolved_max_batch_tokens(engine.device)
+        self.budget = self.configured_budget  # padded tokens per batch; lowered after an OOM
+        self._since_oom = 0
+        # (job, index) -> attempts so far, for items started more than once (the loop counts
+        # them in Redis, so that a worker dying mid-item counts too).
+        self.attempts: dict[tuple[str, int], int] = {}
 
     def admit(self, chunk: WorkChunk) -> list[Prepared]:
         """The chunk's items that still need generating, tokenised and checked.
@@ -52,6 +66,10 @@ class BatchRunner:
         Items that cannot run (too long for the context, ...) get their error result here.
         """
         status, done = self.store.admit(chunk.job_id, [item.index for item in chunk.items])
+        if status is JobStatus.EXPIRED:
+            self._record_expired(
+                chunk.job_id, chunk.enqueued_at, [i for i in chunk.items if i.index not in done]
+            )
         if status is None or status in TERMINAL:
             log.info(
                 "skipping %d item(s) of job %s (%s)",
@@ -76,19 +94,121 @@ class BatchRunner:
             self.store.record({chunk.job_id: rejected})
         return ready
 
-    def run(self, batch: Sequence[Prepared]) -> None:
-        """Generate for one batch and record its results; items of ended jobs are skipped."""
+    def fail_unreadable(self, payload: object, error: Exception) -> None:
+        """A message that is not a valid work chunk: fail its job, if it names one, rather
+        than leave the job waiting forever for items no worker can read."""
+        try:
+            args = payload["args"] if isinstance(payload, dict) else payload[0]  # type: ignore[index]
+            job_id = keyspace.checked_id(str(json.loads(args[0])["job_id"]))
+            reason = str(error).splitlines()[0][:200]
+            info = self.store.fail(
+                job_id,
+                f"a message of this job could not be read by worker {self.worker_id} "
+                f"({reason}); producers and workers must run the same genq version",
+            )
+            log.error("job %s marked %s: one of its messages was unreadable", job_id, info.status)
+        except Exception:  # nothing names a job (or Redis is away): the message is just dropped
+            return
+
+    def run(self, batch: Sequence[Prepared]) -> list[Prepared]:
+        """Generate for one batch and record its results; items of ended jobs are skipped.
+
+        Returns the items that failed and are to be tried again after :meth:`retry_delay_s`.
+        """
         # A job cancelled while its items wait stops at the next batch boundary.
         statuses = self.store.statuses({p.job_id for p in batch})
-        live = [p for p in batch if statuses[p.job_id] not in TERMINAL | {None}]
+        live = self.live(batch, statuses)
         # Items that cannot share a generate call (sampling parameters) run apart.
-        budget = self.settings.resolved_max_batch_tokens(self.engine.device)
-        for part in plan_batches(live, self.settings.max_batch_size, budget):
-            self._run(part)
+        retry: list[Prepared] = []
+        for part in plan_batches(live, self.settings.max_batch_size, self.budget):
+            retry += self._run(part)
+        return retry
+
+    def live(
+        self, items: Sequence[Prepared], statuses: Mapping[str, JobStatus | None]
+    ) -> list[Prepared]:
+        """The items whose job still runs. The others end here: items of an expired job get
+        an ``expired`` result, those of a cancelled (or vanished) job none."""
+        ended = [p for p in items if statuses.get(p.job_id) in TERMINAL | {None}]
+        by_job: dict[str, list[Prepared]] = defaultdict(list)
+        for p in ended:
+            if statuses.get(p.job_id) is JobStatus.EXPIRED:
+                by_job[p.job_id].append(p)
+        for job_id, expired in by_job.items():
+            self._record_expired(job_id, expired[0].enqueued_at, [p.item for p in expired])
+        return [p for p in items if statuses.get(p.job_id) not in TERMINAL | {None}]
+
+    def record_abandoned(self, prepared: Prepared, starts: int) -> None:
+        """End an item that was started ``starts`` times without ever ending: each time its
+        worker died or stopped mid-item (a crash in the engine, say). It is not run again."""
+        self.attempts.pop((prepared.job_id, prepared.item.index), None)
+        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, time.time())
+        result.error = ErrorInfo(
+            type=ItemErrorType.WORKER_LOST.value,
+            message=f"the item was started {starts} times and each time its worker died or "
+            "stopped before it ended (a crash in the model?); it was not tried again",
+        )
+        result.usage = Usage(prompt_tokens=len(prepared.prompt_ids))
+        log.error(
+            "item %d of job %s: its worker died %d times while generating it; giving up",
+            prepared.item.index,
+            prepared.job_id,
+            starts,
+        )
+        self.store.record({prepared.job_id: [result]})
+
+    def _record_expired(self, job_id: str, enqueued_at: float, items: Sequence[WorkItem]) -> None:
+        if not items:
+            return
+        now = time.time()
+        results = []
+        for item in items:
+            result = self._result(job_id, enqueued_at, item, now)
+            result.error = ErrorInfo(
+                type=ItemErrorType.EXPIRED.value,
+                message="the job's deadline (expires_in_s) passed before this item was generated",
+            )
+            results.append(result)
+        self.store.record({job_id: results})
 
     def process(self, chunks: Sequence[WorkChunk]) -> None:
-        """Admit and run ``chunks`` synchronously (the worker loop does this incrementally)."""
-        self.run([p for chunk in chunks for p in self.admit(chunk)])
+        """Admit and run ``chunks`` synchronously, retries included (no backoff)."""
+        todo = [p for chunk in chunks for p in self.admit(chunk)]
+        while todo:
+            for p in todo:
+                key = (p.job_id, p.item.index)
+                self.attempts[key] = self.attempts.get(key, 0) + 1
+            todo = self.run(todo)
+
+    def retry_delay_s(self, prepared: Prepared) -> float:
+        """Backoff before the next try of a failed item: doubles with each attempt."""
+        attempts = self.attempts.get((prepared.job_id, prepared.item.index), 1)
+        return float(self.settings.retry_backoff_s * 2 ** (attempts - 1))
+
+    def out_of_memory(self, tokens: int) -> None:
+        """A batch of ``tokens`` padded tokens ran out of device memory: halve the budget."""
+        release = getattr(self.engine, "release_memory", None)
+        if release is not None:
+            release()
+        lowered = max(min(self.budget, tokens) // 2, 1)
+        if lowered < self.budget:
+            log.warning(
+                "out of device memory on a batch of %d tokens: batch token budget lowered from "
+                "%d to %d for the next %d batches (set GENQ_MAX_BATCH_TOKENS lower to avoid this)",
+                tokens,
+                self.budget,
+                lowered,
+                OOM_RECOVERY_BATCHES,
+            )
+            self.budget = lowered
+        self._since_oom = 0
+
+    def batch_done(self) -> None:
+        """A batch (or decode step) ran without running out of memory."""
+        self._since_oom += 1
+        if self._since_oom >= OOM_RECOVERY_BATCHES and self.budget < self.configured_budget:
+            self.budget = min(self.budget * 2, self.configured_budget)
+            self._since_oom = 0
 
     def finish(
         self, done: Sequence[tuple[Prepared, Generation]], started: Mapping[int, float], rows: int
@@ -132,38 +252,71 @@ class BatchRunner:
                 )
         return Prepared(chunk.job_id, chunk.enqueued_at, item, ids, max_new)
 
-    def _run(self, batch: list[Prepared]) -> None:
+    def _run(self, batch: list[Prepared]) -> list[Prepared]:
         started = time.time()
         rows = sum(p.rows for p in batch)
         try:
             generations = self.engine.generate(batch)
         except Exception as e:
+            oom = is_out_of_memory(e)
+            if oom:
+                self.out_of_memory(rows * max(len(p.prompt_ids) + p.max_new_tokens for p in batch))
             if len(batch) > 1:
                 # Split to isolate the item that fails; its neighbours still get results.
                 log.warning("batch of %d failed (%s); splitting it", len(batch), e)
                 half = len(batch) // 2
-                self._run(batch[:half])
-                self._run(batch[half:])
-                return
-            log.exception("item %s of job %s failed", batch[0].item.index, batch[0].job_id)
-            error = ErrorInfo(
-                type=ItemErrorType.GENERATION_ERROR.value, message=f"{type(e).__name__}: {e}"
-            )
-            result = self._result(batch[0].job_id, batch[0].enqueued_at, batch[0].item, started)
-            result.error = error
-            result.usage = Usage(prompt_tokens=len(batch[0].prompt_ids))
-            self.store.record({batch[0].job_id: [result]})
-            return
+                return self._run(batch[:half]) + self._run(batch[half:])
+            return self._failed(batch[0], e, oom, started)
+        self.batch_done()
         by_job: dict[str, list[ItemResult]] = defaultdict(list)
         tokens = 0
         for prepared, generation in zip(batch, generations, strict=True):
             tokens += generation.completion_tokens
             by_job[prepared.job_id].append(self._completed(prepared, generation, started, rows))
         self.store.record(by_job, BatchStats(self.worker_id, rows, len(batch), tokens))
+        return []
+
+    def _failed(
+        self, prepared: Prepared, error: Exception, oom: bool, started: float
+    ) -> list[Prepared]:
+        """Count a failed try of one item: retry it later, or record its error."""
+        key = (prepared.job_id, prepared.item.index)
+        attempts = self.attempts.get(key, 1)
+        if attempts < self.settings.max_attempts:
+            log.warning(
+                "item %d of job %s failed (attempt %d of %d: %s: %s); retrying in %.1f s",
+                prepared.item.index,
+                prepared.job_id,
+                attempts,
+                self.settings.max_attempts,
+                type(error).__name__,
+                error,
+                self.retry_delay_s(prepared),
+            )
+            return [prepared]
+        self.attempts.pop(key, None)
+        log.error(
+            "item %d of job %s failed %d times; recording the error",
+            prepared.item.index,
+            prepared.job_id,
+            attempts,
+            exc_info=error,
+        )
+        kind = ItemErrorType.OUT_OF_MEMORY if oom else ItemErrorType.GENERATION_ERROR
+        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, started)
+        result.error = ErrorInfo(
+            type=kind.value,
+            message=f"{type(error).__name__}: {error} (after {attempts} attempts)",
+        )
+        result.usage = Usage(prompt_tokens=len(prepared.prompt_ids))
+        self.store.record({prepared.job_id: [result]})
+        return []
 
     def _completed(
         self, prepared: Prepared, generation: Generation, started: float, rows: int
     ) -> ItemResult:
+        if self.attempts:
+            self.attempts.pop((prepared.job_id, prepared.item.index), None)
         result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, started)
         result.outputs = generation.outputs
         result.finish_reasons = generation.finish_reasons

@@ -7,6 +7,11 @@ message to be finished. A message is acknowledged when the last of its prompts h
 
 Fairness: the batch is always built around the oldest waiting prompt (first come, first
 served), from prompts that can share its forward pass, sorted so that little is padded.
+
+A message the worker can no longer acknowledge (its lease was lost, or the broker connection
+it came on was closed) is *released*: its waiting prompts leave the pool, and the ones already
+in a batch still finish and write their results, but it is never acknowledged: the broker
+hands it to a worker again, which skips the items that have results.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from genq.worker.batching import batch_key, plan_batches
@@ -27,6 +32,7 @@ WINDOW_FACTOR = 4  # batches are cut from the oldest WINDOW_FACTOR x max_batch_s
 class Delivery:
     """One queue message: acknowledged once every one of its items has ended."""
 
+    tag: str  # the broker's delivery tag, which its lease is renewed under
     job_id: str
     remaining: int
     ack: Callable[[], None]
@@ -42,6 +48,7 @@ class Entry:
     prepared: Prepared
     delivery: Delivery
     key: object = field(default=None)
+    not_before: float = 0.0  # monotonic time before which a retried item does not run
 
 
 class Scheduler:
@@ -52,10 +59,11 @@ class Scheduler:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_ms / 1000.0
         self._pending: dict[int, Entry] = {}  # seq -> entry; dicts keep arrival order
+        self._deferred: dict[int, Entry] = {}  # retries waiting out their backoff
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._closed = False
-        self._held = 0  # deliveries admitted and not yet finished
+        self._held: dict[str, Delivery] = {}  # tag -> delivery admitted, not finished
 
     def add(self, delivery: Delivery, items: list[Prepared]) -> None:
         """Admit a message's runnable items; ack it now if it has none left to run."""
@@ -64,7 +72,7 @@ class Scheduler:
             return
         now = time.monotonic()
         with self._cond:
-            self._held += 1
+            self._held[delivery.tag] = delivery
             for prepared in items:
                 seq = next(self._seq)
                 key = batch_key(prepared.params)
@@ -72,14 +80,34 @@ class Scheduler:
             self._cond.notify_all()
 
     def pending(self) -> int:
-        """Prompts waiting for a batch."""
+        """Prompts waiting for a batch (retries waiting out their backoff included)."""
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + len(self._deferred)
+
+    def _promote(self) -> float | None:
+        """Move retries whose backoff is over into the pool; seconds until the next one is."""
+        if not self._deferred:
+            return None
+        now = time.monotonic()
+        due = [e for e in self._deferred.values() if e.not_before <= now]
+        for entry in due:
+            del self._deferred[entry.seq]
+            self._pending[entry.seq] = entry
+        if due:
+            self._pending = dict(sorted(self._pending.items()))  # retries keep their place
+        if not self._deferred:
+            return None
+        return max(min(e.not_before for e in self._deferred.values()) - now, 0.001)
 
     def held(self) -> int:
         """Messages admitted whose prompts have not all ended."""
         with self._cond:
-            return self._held
+            return len(self._held)
+
+    def held_tags(self) -> list[str]:
+        """Delivery tags of the messages held, whose leases the heartbeat renews."""
+        with self._cond:
+            return list(self._held)
 
     def next_batch(self) -> list[Entry] | None:
         """The next batch to run, or None once the scheduler is closed."""
@@ -87,8 +115,9 @@ class Scheduler:
             while True:
                 if self._closed:
                     return None
+                next_retry_s = self._promote()
                 if not self._pending:
-                    self._cond.wait()
+                    self._cond.wait(next_retry_s)
                     continue
                 oldest = next(iter(self._pending.values()))
                 group = [e for e in self._pending.values() if e.key == oldest.key]
@@ -115,10 +144,11 @@ class Scheduler:
             while True:
                 if self._closed:
                     return None
+                next_retry_s = self._promote()
                 if not self._pending:
                     if not wait:
                         return []
-                    self._cond.wait()
+                    self._cond.wait(next_retry_s)
                     continue
                 oldest = next(iter(self._pending.values()))
                 rows = sum(e.prepared.rows for e in self._pending.values())
@@ -155,27 +185,32 @@ class Scheduler:
         with self._cond:
             for entry in entries:
                 entry.delivery.remaining -= 1
-                if entry.delivery.remaining == 0:
+                if entry.delivery.remaining == 0 and not entry.delivery.done:
                     finished.append(entry.delivery)
-                    self._held = max(self._held - 1, 0)
+                    self._held.pop(entry.delivery.tag, None)
         for delivery in finished:
             self._finish(delivery)
 
     def retry_later(self, entries: list[Entry]) -> None:
-        """Put a batch back (e.g. its results could not be written), keeping its place."""
+        """Put entries back, keeping their place; each runs again from its ``not_before``."""
         with self._cond:
             for entry in entries:
-                self._pending[entry.seq] = entry
-            self._pending = dict(sorted(self._pending.items()))
+                if not entry.delivery.done:  # a released message's items are not retried
+                    self._deferred[entry.seq] = entry
+            self._promote()
             self._cond.notify_all()
 
-    def drop_pending(self) -> int:
-        """Forget waiting items (their messages are redelivered by the broker); return count."""
+    def release(self, tags: Collection[str] | None = None) -> int:
+        """Release the messages with ``tags`` (all when None): never ack them, drop their
+        waiting items (the broker redelivers the messages). Returns the items dropped."""
         with self._cond:
-            dropped = len(self._pending)
-            self._pending.clear()
-            self._held = 0
-            return dropped
+            released = list(self._held) if tags is None else [t for t in tags if t in self._held]
+            for tag in released:
+                self._held.pop(tag).done = True  # done without an ack
+            before = len(self._pending) + len(self._deferred)
+            self._pending = {s: e for s, e in self._pending.items() if not e.delivery.done}
+            self._deferred = {s: e for s, e in self._deferred.items() if not e.delivery.done}
+            return before - len(self._pending) - len(self._deferred)
 
     def close(self) -> None:
         with self._cond:

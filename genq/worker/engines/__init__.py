@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from genq.errors import WorkerConfigError
 from genq.settings import Settings
 from genq.worker.engines.base import Engine, Generation, Prepared
@@ -10,7 +12,24 @@ __all__ = ["Engine", "Generation", "Prepared", "load_engine"]
 
 
 def load_engine(settings: Settings) -> Engine:
-    """Create the engine named by ``settings.engine``, loading its model once."""
+    """Create the engine named by ``settings.engine`` (loading its model once), wrapped in the
+    fault injector when GENQ_FAULTS holds a fault plan."""
+    engine = _load(settings)
+    if settings.faults:
+        from pydantic import ValidationError
+
+        from genq.worker.engines.faults import FaultPlan, FaultyEngine
+
+        try:
+            plan = FaultPlan.model_validate_json(settings.faults)
+        except ValidationError as e:
+            raise WorkerConfigError(f"GENQ_FAULTS is not a valid fault plan: {e}") from e
+        logging.getLogger("genq.worker").warning("FAULT INJECTION ENABLED: %s", plan)
+        return FaultyEngine(engine, plan)
+    return engine
+
+
+def _load(settings: Settings) -> Engine:
     if settings.engine == "null":
         from genq.worker.engines.null import NullEngine
 

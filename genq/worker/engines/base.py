@@ -70,6 +70,12 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[: min(hits)] if hits else text
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is the device running out of memory (torch's ``OutOfMemoryError``,
+    CTranslate2's "CUDA failed with error out of memory"), which a smaller batch avoids."""
+    return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
+
+
 class Engine(Protocol):
     """A text-generation backend. Implementations load their model once, in ``__init__``."""
 

@@ -209,6 +209,11 @@ class HFEngine:
         while decoder.active_rows:
             decoder.step()
 
+    def release_memory(self) -> None:
+        """Return cached device memory after an out-of-memory error, before a smaller retry."""
+        if self.torch_device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def generate(self, batch: Sequence[Prepared]) -> list[Generation]:
         first = batch[0].params
         n = first.num_return_sequences
