@@ -55,7 +55,9 @@ DEFAULT_LEASE_S = 30
 LEASE_SWEEP_S = 5  # how often every worker looks for expired leases
 LEASE_HEARTBEATS = 3  # a lease must outlast this many heartbeat periods
 WORKER_TTL_FACTOR = 3  # a worker whose heartbeat is this many periods old counts as gone
-ORPHAN_COUNTERS_TTL_S = 3600  # batch counters of a worker record that expired meanwhile
+# A worker's record (and counters) outlives its last heartbeat this long, so that a Redis
+# outage does not erase a live worker's counters; liveness is judged by the heartbeat's time.
+WORKER_RECORD_TTL_S = 3600
 DEFAULT_POLL_INTERVAL_S = 0.5  # how often `wait` polls job status
 WAIT_OUTAGE_TOLERANCE_S = 120.0  # `wait` keeps polling through a Redis outage this long
 DURABLE_SUBMIT_TIMEOUT_S = 10.0  # a submit waits this long for Redis to fsync the job (WAITAOF)

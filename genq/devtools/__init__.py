@@ -1,1 +1,2 @@
-"""Tools for development, tests and benchmarks (they import torch and transformers)."""
+"""Tools for development, tests and benchmarks. ``random_model`` imports torch and
+transformers; ``redis_server`` (a private Redis server process) does not."""

@@ -252,7 +252,7 @@ class EngineLoop(threading.Thread):
                     )
                     suspects.append(entry)
         except RedisError as e:  # cannot tell: run them; results are checked when written
-            log.warning("could not count attempts: %s", e)
+            self._say_retrying(f"could not count attempts ({e})")
             return taken, []
         if ended:
             self.scheduler.complete(ended)
@@ -267,7 +267,7 @@ class EngineLoop(threading.Thread):
         try:
             statuses = self.runner.store.statuses(jobs)
         except RedisError as e:
-            log.warning("could not read job statuses: %s", e)
+            self._say_retrying(f"could not read job statuses ({e})")
             return
         ended = {job for job, status in statuses.items() if status in TERMINAL | {None}}
         if ended:
