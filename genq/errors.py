@@ -39,6 +39,11 @@ class BrokerUnavailableError(GenqError, ConnectionError):
     """Redis could not be reached."""
 
 
+class RedisAccessError(BrokerUnavailableError):
+    """Redis answered but refused genq (wrong credentials, an unverifiable certificate):
+    retrying will not help; the configuration must change."""
+
+
 class WaitTimeoutError(GenqError, TimeoutError):
     """The job did not end within the requested time; it keeps running."""
 

@@ -6,6 +6,7 @@ redelivered message can never count an item twice (the first result written wins
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +16,13 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from genq import keyspace
-from genq.errors import BrokerUnavailableError, DurabilityError, JobNotFoundError
+from genq.errors import (
+    BrokerUnavailableError,
+    DurabilityError,
+    GenqError,
+    JobNotFoundError,
+    RedisAccessError,
+)
 from genq.schema import (
     GenerationParams,
     ItemResult,
@@ -187,6 +194,43 @@ class BatchStats:
     sequences: int
     items: int
     tokens: int
+
+
+def explain_redis_error(error: redis.exceptions.RedisError, redis_url: str) -> GenqError | None:
+    """The error to show a user for ``error`` (what went wrong, what to do, no password), or
+    None when it is not about reaching Redis. :class:`RedisAccessError` when it is permanent."""
+    url = redact_url(redis_url)
+    if isinstance(error, redis.exceptions.AuthenticationError) or (
+        isinstance(error, redis.exceptions.ResponseError)
+        and ("auth" in str(error).lower() or "NOPERM" in str(error))
+    ):
+        return RedisAccessError(
+            f"Redis at {url} refused the credentials; check the user and password in GENQ_REDIS_URL"
+        )
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        tls_error = _tls_error(error)
+        if tls_error is not None:
+            return RedisAccessError(
+                f"TLS connection to Redis at {url} failed: {tls_error}. To trust a private CA, "
+                "add ssl_ca_certs=/path/to/ca.pem (PEM) to GENQ_REDIS_URL."
+            )
+        return BrokerUnavailableError(
+            f"cannot reach Redis at {url}: is it running? Set GENQ_REDIS_URL (or --redis-url) "
+            "to the server genq should use."
+        )
+    return None
+
+
+def _tls_error(error: BaseException) -> str | None:
+    """What went wrong in the TLS handshake behind a connection error, or None if nothing did."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"the server's certificate was not verified ({cause.verify_message})"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error {cause.reason or cause}"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def connect(redis_url: str) -> redis.Redis:

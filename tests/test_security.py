@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import StartWorker, WorkerProcess
+from conftest import StartWorker
 from kombu.exceptions import OperationalError
 from tlsutil import Certificates, SecuredRedis, make_ca, make_certificates, tls_unavailable_reason
 
@@ -38,7 +37,6 @@ GENQ_USER = (
 )
 # `requirepass` is the default user's password: what a password-only URL logs in as.
 DEFAULT_USER = f"default on >{ROOT_PASSWORD} ~* &* +@all"
-CONNECTION_OUTCOMES = ("Connected to", "Cannot connect to")  # what Celery's consumer logs
 
 
 @pytest.fixture(scope="module")
@@ -124,16 +122,6 @@ def assert_nothing_denied(server: SecuredRedis) -> None:
     the ACL it was given."""
     with server.admin() as admin:
         assert admin.acl_log() == []
-
-
-def wait_for_connection_attempt(worker: WorkerProcess, timeout_s: float = 60) -> str:
-    """The worker's log once its broker connection succeeded or failed."""
-    deadline = time.monotonic() + timeout_s
-    while not any(line in (output := worker.output()) for line in CONNECTION_OUTCOMES):
-        assert worker.process.poll() is None, f"the worker exited:\n{output}"
-        assert time.monotonic() < deadline, f"no connection attempt in the worker log:\n{output}"
-        time.sleep(0.1)
-    return output
 
 
 # --- TLS -------------------------------------------------------------------------------------
@@ -249,12 +237,12 @@ def test_a_wrong_password_is_refused_clearly_and_never_echoed(
 @pytest.mark.parametrize(
     ("server_fixture", "password", "reason"),
     [
-        ("tls_redis", PASSWORD, "CERTIFICATE_VERIFY_FAILED"),  # the URL names no CA
-        ("acl_redis", WRONG_PASSWORD, "invalid username-password pair"),
+        ("tls_redis", PASSWORD, "certificate was not verified"),  # the URL names no CA
+        ("acl_redis", WRONG_PASSWORD, "refused the credentials"),
     ],
     ids=["untrusted-certificate", "wrong-password"],
 )
-def test_a_worker_that_cannot_log_in_takes_no_work_and_logs_why_without_the_password(
+def test_a_worker_that_cannot_log_in_exits_at_once_and_says_why_without_the_password(
     server_fixture: str,
     password: str,
     reason: str,
@@ -264,12 +252,10 @@ def test_a_worker_that_cannot_log_in_takes_no_work_and_logs_why_without_the_pass
     server: SecuredRedis = request.getfixturevalue(server_fixture)
     url = server.url(f"genq:{password}")
     worker = start_worker(redis_url=url, engine="null", wait=False)
-    try:
-        output = wait_for_connection_attempt(worker)
-    finally:
-        worker.stop()
-    assert "Connected to" not in output
-    assert "Cannot connect to" in output
+    # Retrying forever would look alive and take no work: it stops, before loading a model.
+    assert worker.process.wait(timeout=60) == EXIT_FAILED
+    output = worker.output()
     assert reason in output
-    assert "ready: engine=" not in worker.output()
-    assert password not in worker.output()
+    assert "Traceback" not in output
+    assert "ready: engine=" not in output
+    assert password not in output

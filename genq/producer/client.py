@@ -11,7 +11,6 @@ for result in client.iter_results(job_id):
 from __future__ import annotations
 
 import secrets
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -37,9 +36,8 @@ from genq.settings import (
     DURABLE_SUBMIT_TIMEOUT_S,
     WAIT_OUTAGE_TOLERANCE_S,
     Settings,
-    redact_url,
 )
-from genq.store import JobStore, connect
+from genq.store import JobStore, connect, explain_redis_error
 
 MAX_PROBLEMS_SHOWN = 20
 
@@ -230,38 +228,11 @@ class Client:
     def _guard(self, call: Callable[[], T]) -> T:
         try:
             return call()
-        except (redis.exceptions.AuthenticationError, redis.exceptions.ResponseError) as e:
-            wrong_credentials = isinstance(e, redis.exceptions.AuthenticationError)
-            if not wrong_credentials and "auth" not in str(e).lower() and "NOPERM" not in str(e):
+        except redis.exceptions.RedisError as e:
+            problem = explain_redis_error(e, self.settings.redis_url)
+            if problem is None:
                 raise
-            raise BrokerUnavailableError(
-                f"Redis at {redact_url(self.settings.redis_url)} refused the credentials; "
-                "check the user and password in GENQ_REDIS_URL"
-            ) from e
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as e:
-            tls_error = _tls_error(e)
-            if tls_error is not None:
-                raise BrokerUnavailableError(
-                    f"TLS connection to Redis at {redact_url(self.settings.redis_url)} failed: "
-                    f"{tls_error}. To trust a private CA, add ssl_ca_certs=/path/to/ca.pem "
-                    "(PEM) to GENQ_REDIS_URL."
-                ) from e
-            raise BrokerUnavailableError(
-                f"cannot reach Redis at {redact_url(self.settings.redis_url)}: is it running? "
-                "Set GENQ_REDIS_URL (or --redis-url) to the server genq should use."
-            ) from e
-
-
-def _tls_error(error: BaseException) -> str | None:
-    """What went wrong in the TLS handshake behind a connection error, or None if nothing did."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"the server's certificate was not verified ({cause.verify_message})"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS error {cause.reason or cause}"
-        cause = cause.__cause__ or cause.__context__
-    return None
+            raise problem from e
 
 
 def validate_job(

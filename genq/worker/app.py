@@ -23,10 +23,10 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from genq.broker import GENERATE_TASK, celery_app
-from genq.errors import WorkerConfigError, WorkerCrashedError
+from genq.errors import RedisAccessError, WorkerConfigError, WorkerCrashedError
 from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.settings import Settings
-from genq.store import JobStore, connect
+from genq.store import JobStore, connect, explain_redis_error
 from genq.worker.engines import Engine, load_engine
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
 from genq.worker.runner import BatchRunner
@@ -228,6 +228,19 @@ class Heartbeat(threading.Thread):
         self.stopped.set()
 
 
+def check_redis(store: JobStore, redis_url: str) -> None:
+    """Fail at once, before loading a model, when Redis refuses genq (credentials, TLS): a
+    worker that retried forever would look alive and take no work. An unreachable Redis is
+    only logged: Celery keeps trying, so workers may start before Redis does."""
+    try:
+        store.redis.ping()
+    except RedisError as e:
+        problem = explain_redis_error(e, redis_url)
+        if isinstance(problem, RedisAccessError):
+            raise problem from e
+        log.warning("%s; the worker keeps trying", problem or e)
+
+
 def check_celery_args(celery_args: Sequence[str]) -> None:
     for arg in celery_args:
         if arg.split("=", 1)[0] in _RESERVED_OPTIONS:
@@ -242,8 +255,9 @@ def check_celery_args(celery_args: Sequence[str]) -> None:
 def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     """Load the engine, then run a Celery worker until it is stopped (SIGTERM/SIGINT)."""
     check_celery_args(celery_args)
-    engine: Engine = load_engine(settings)
     store = JobStore(connect(settings.redis_url), settings.result_ttl_s, settings.unfinished_ttl_s)
+    check_redis(store, settings.redis_url)
+    engine: Engine = load_engine(settings)
     worker_id = new_worker_id()
     runner = BatchRunner(engine, store, settings, worker_id)
     scheduler = Scheduler(
