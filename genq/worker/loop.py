@@ -90,9 +90,9 @@ class EngineLoop(threading.Thread):
             self.on_room()
             normal, suspects = self._begin(batch)
             for entry in suspects:
-                self._rerun([entry])
+                self._rerun([entry], checked=True)
             if normal:
-                self._rerun(normal)
+                self._rerun(normal, checked=True)
 
     # --- continuous -----------------------------------------------------------------------
     def _run_continuous(self, decoder: ContinuousDecoder) -> None:
@@ -114,7 +114,7 @@ class EngineLoop(threading.Thread):
                     taken = []
                 normal, suspects = self._begin(taken) if taken else ([], [])
                 for entry in suspects:
-                    self._rerun([entry])
+                    self._rerun([entry], checked=True)
                 if normal or suspects:
                     self.on_room()
                 if normal:
@@ -197,10 +197,11 @@ class EngineLoop(threading.Thread):
             self._unwritten.pop(0)
             self.scheduler.complete(finished)
 
-    def _rerun(self, entries: list[Entry]) -> None:
-        """Run ``entries`` as static batches; failed items go back to wait out their backoff."""
+    def _rerun(self, entries: list[Entry], checked: bool = False) -> None:
+        """Run ``entries`` as static batches; failed items go back to wait out their backoff
+        (``checked``: their jobs' statuses were just read, by :meth:`_begin`)."""
         try:
-            retry = self.runner.run([e.prepared for e in entries])
+            retry = self.runner.run([e.prepared for e in entries], checked=checked)
         except Exception:
             self._retry(entries)
             return

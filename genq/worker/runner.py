@@ -110,14 +110,16 @@ class BatchRunner:
         except Exception:  # nothing names a job (or Redis is away): the message is just dropped
             return
 
-    def run(self, batch: Sequence[Prepared]) -> list[Prepared]:
-        """Generate for one batch and record its results; items of ended jobs are skipped.
+    def run(self, batch: Sequence[Prepared], checked: bool = False) -> list[Prepared]:
+        """Generate for one batch and record its results; items of ended jobs are skipped
+        (``checked``: the caller has just checked, spare the round trip).
 
         Returns the items that failed and are to be tried again after :meth:`retry_delay_s`.
         """
-        # A job cancelled while its items wait stops at the next batch boundary.
-        statuses = self.store.statuses({p.job_id for p in batch})
-        live = self.live(batch, statuses)
+        live = list(batch)
+        if not checked:
+            # A job cancelled while its items wait stops at the next batch boundary.
+            live = self.live(batch, self.store.statuses({p.job_id for p in batch}))
         # Items that cannot share a generate call (sampling parameters) run apart.
         retry: list[Prepared] = []
         for part in plan_batches(live, self.settings.max_batch_size, self.budget):
