@@ -87,6 +87,11 @@ CELERY_UNACKED_INDEX = "unacked_index"
 CELERY_UNACKED_MUTEX = "unacked_mutex"
 
 
+def celery_queue(queue: str) -> str:
+    """Full name of a Celery queue's list (messages waiting for any worker)."""
+    return celery_prefix() + queue
+
+
 def celery_unacked_index() -> str:
     """Full name of kombu's zset of held messages (delivery tag -> lease time)."""
     return celery_prefix() + CELERY_UNACKED_INDEX

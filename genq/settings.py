@@ -54,6 +54,9 @@ DEFAULT_HEARTBEAT_S = 5.0  # worker heartbeat period; each beat also renews the 
 DEFAULT_LEASE_S = 30
 LEASE_SWEEP_S = 5  # how often every worker looks for expired leases
 LEASE_HEARTBEATS = 3  # a lease must outlast this many heartbeat periods
+# A consumer with room that takes no message for this long while messages wait in its queue is
+# stuck (a kombu Redis transport can miss a lost connection) and reconnects.
+CONSUMER_STALL_S = 15.0
 WORKER_TTL_FACTOR = 3  # a worker whose heartbeat is this many periods old counts as gone
 # A worker's record (and counters) outlives its last heartbeat this long, so that a Redis
 # outage does not erase a live worker's counters; liveness is judged by the heartbeat's time.

@@ -183,6 +183,14 @@ return lost
 """
 
 
+# KEYS: any. ARGV: ttl_s. Gives a TTL to the keys that have none (EXPIRE NX, before Redis 7).
+_EXPIRE_PERSISTENT = """
+for i = 1, #KEYS do
+  if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
+
 _WORKER_COUNTERS = ("batches", "items", "tokens")
 
 
@@ -270,6 +278,7 @@ class JobStore:
         self._start = client.register_script(_START)
         self._heartbeat = client.register_script(_HEARTBEAT)
         self._renew = client.register_script(_RENEW)
+        self._expire_persistent = client.register_script(_EXPIRE_PERSISTENT)
 
     # --- jobs -----------------------------------------------------------------------------
     def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:
@@ -488,6 +497,11 @@ class JobStore:
         ]
         return bool(self._heartbeat(keys=keys, args=[repr(now), ttl, worker_id]))
 
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting in a Celery queue."""
+        length: int = self.redis.llen(keyspace.celery_queue(queue))  # type: ignore[assignment]
+        return length
+
     def renew_leases(self, delivery_tags: Sequence[str]) -> list[str]:
         """Renew the leases on messages a worker holds; return the tags it no longer holds.
 
@@ -508,9 +522,8 @@ class JobStore:
         pipe.hincrby(worker, "items", batch.items)
         pipe.hincrby(worker, "tokens", batch.tokens)
         # Counters written after the record expired must not outlive a worker that dies
-        # before its next heartbeat re-registers it (NX: a live record keeps its TTL).
-        pipe.expire(worker, WORKER_RECORD_TTL_S, nx=True)
-        pipe.expire(sizes, WORKER_RECORD_TTL_S, nx=True)
+        # before its next heartbeat re-registers it (a live record keeps its TTL).
+        self._expire_persistent(keys=[worker, sizes], args=[WORKER_RECORD_TTL_S], client=pipe)
 
     def remove_worker(self, worker_id: str) -> None:
         with self.redis.pipeline(transaction=True) as pipe:

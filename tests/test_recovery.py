@@ -15,7 +15,7 @@ import pytest
 from conftest import RedisProcess, StartWorker, WorkerProcess
 
 from genq import keyspace
-from genq.errors import BrokerUnavailableError
+from genq.errors import BrokerUnavailableError, WaitTimeoutError
 from genq.producer.client import Client
 from genq.schema import JobInfo
 from genq.settings import LEASE_SWEEP_S, Settings
@@ -141,9 +141,12 @@ def test_redis_killed_and_restarted_with_aof_loses_no_job(
         assert_each_item_once(client, job_id, info, 60)
         # The worker reconnected by itself and keeps consuming new work.
         after = client.submit(["after the restart"], {"max_new_tokens": 2})
-        assert client.wait(after, timeout_s=60).completed == 1
+        try:
+            assert client.wait(after, timeout_s=60).completed == 1
+        except WaitTimeoutError:
+            raise AssertionError(f"no longer consuming:\n{worker.output()[-6000:]}") from None
         assert len(client.jobs()) == 2  # the refused submit left no job behind
-        assert worker.process.poll() is None
+        assert worker.process.poll() is None, worker.output()
     finally:
         server.stop()
 
@@ -221,3 +224,23 @@ def test_an_item_that_kills_its_worker_every_time_ends_as_worker_lost(
     # Died in a batch with its neighbours, then alone; the third time it was not run.
     assert [w.process.returncode for w in workers[:2]] == [-signal.SIGKILL] * 2
     assert len(workers) == 3
+
+
+def test_sigterm_lets_rows_longer_than_the_lease_finish_without_handing_them_over(
+    start_worker: StartWorker, settings: Settings
+) -> None:
+    client = on_queue(settings, "sigterm-lease-test")
+    slow = start_worker(
+        queue="sigterm-lease-test", lease_s=str(LEASE_S), faults=json.dumps({"delay_s": 0.5})
+    )
+    job_id = client.submit([f"prompt {i}" for i in range(4)], {"max_new_tokens": 50})
+    started = lambda: client.store.redis.hlen(keyspace.attempts(job_id)) == 4  # noqa: E731
+    wait_until(started, 30, "the rows to be in flight")
+    idle = start_worker(queue="sigterm-lease-test", lease_s=str(LEASE_S))
+    slow.process.send_signal(signal.SIGTERM)  # 15-20 s of rows left: more than two leases
+    assert slow.process.wait(90) == 0
+    info = client.wait(job_id, timeout_s=30)
+    assert_each_item_once(client, job_id, info, 4)
+    writers = {r.worker_id for r in client.iter_results(job_id)}
+    assert writers == {worker_id(slow)}, f"{writers}\n{slow.output()[-5000:]}"
+    assert {w.id: w.items for w in client.workers()}[worker_id(idle)] == 0

@@ -140,10 +140,27 @@ def test_a_released_message_is_never_acked_and_its_waiting_items_leave() -> None
     running = scheduler.next_batch()
     assert running is not None
     assert sorted(scheduler.held_tags()) == ["tag-a", "tag-b"]
-    assert scheduler.release(["tag-a", "tag-unknown"]) == 2  # a's two waiting items
+    assert scheduler.release(["tag-a", "tag-unknown"]) == (["tag-a"], 2)  # a's 2 waiting
     assert scheduler.held_tags() == ["tag-b"]
     scheduler.complete(running)  # a's running items still end (their results get written)
     (last,) = scheduler.next_batch() or []
     assert last.prepared.job_id == "job-b"
     scheduler.complete([last])
     assert acks.acked == ["b"]
+
+
+def test_a_redelivered_tag_replaces_its_earlier_delivery_which_is_never_acked() -> None:
+    acks = Acks()
+    scheduler = Scheduler(max_batch_size=4, max_batch_tokens=10_000, max_wait_ms=1)
+    first = Delivery("tag-x", "job-a", 2, lambda: acks.acked.append("first"))
+    scheduler.add(first, items("job-a", 2))
+    running = scheduler.next_batch()  # the first delivery's items are in flight
+    assert running is not None
+    second = Delivery("tag-x", "job-a", 2, lambda: acks.acked.append("second"))
+    scheduler.add(second, items("job-a", 2))
+    scheduler.complete(running)  # the earlier delivery ends: it must not ack the tag
+    assert acks.acked == []
+    again = scheduler.next_batch()
+    assert again is not None
+    scheduler.complete(again)
+    assert acks.acked == ["second"]

@@ -20,7 +20,13 @@ from celery import Celery
 from pydantic import ValidationError
 
 from genq.broker import GENERATE_TASK, celery_app
-from genq.errors import BrokerUnavailableError, EnqueueError, InvalidJobError, WaitTimeoutError
+from genq.errors import (
+    BrokerUnavailableError,
+    EnqueueError,
+    InvalidJobError,
+    RedisAccessError,
+    WaitTimeoutError,
+)
 from genq.schema import (
     GenerationParams,
     ItemResult,
@@ -199,6 +205,8 @@ class Client:
         while True:
             try:
                 info = self.status(job_id)
+            except RedisAccessError:
+                raise  # refused, not away: waiting will not help
             except BrokerUnavailableError:
                 outage_since = outage_since or time.monotonic()
                 if time.monotonic() - outage_since > WAIT_OUTAGE_TOLERANCE_S:

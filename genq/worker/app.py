@@ -15,9 +15,11 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from celery import Celery, Task, bootsteps, signals
 from pydantic import ValidationError
 from redis.exceptions import RedisError
@@ -25,7 +27,7 @@ from redis.exceptions import RedisError
 from genq.broker import GENERATE_TASK, celery_app
 from genq.errors import RedisAccessError, WorkerConfigError, WorkerCrashedError
 from genq.schema import WorkChunk, WorkerInfo, utcnow
-from genq.settings import Settings
+from genq.settings import CONSUMER_STALL_S, Settings
 from genq.store import JobStore, connect, explain_redis_error
 from genq.worker.engines import Engine, load_engine
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
@@ -57,6 +59,8 @@ class FlowControl:
         # Messages whose lease was lost: never acked, they still fill a slot of kombu's
         # prefetch window on this channel until the connection is re-established.
         self.orphaned = 0
+        self.channel_generation = 0  # moves on at each (re)connection
+        self.last_activity = time.monotonic()  # a message received, or a (re)connection
 
     def update(self) -> None:
         qos = getattr(self.consumer, "qos", None)
@@ -72,12 +76,32 @@ class FlowControl:
         if self.consumer is not None:
             self.consumer.call_soon(self.update)
 
+    def stalled(self, queued: int) -> bool:
+        """Whether the consumer is stuck: room to spare and ``queued`` messages waiting, yet
+        no message taken for CONSUMER_STALL_S (any thread)."""
+        idle_s = time.monotonic() - self.last_activity
+        return queued > 0 and self.scheduler.pending() < self.target and idle_s > CONSUMER_STALL_S
+
+    def reconnect(self) -> None:
+        """Make the consumer drop its broker connection and open a new one (any thread)."""
+
+        def fail() -> None:
+            # Raised in the consumer's event loop, a connection error is what Celery answers
+            # by re-establishing the connection (and EngineStep.stop releasing what it held).
+            raise redis.exceptions.ConnectionError("genq: consumer stalled; reconnecting")
+
+        self.last_activity = time.monotonic()
+        if self.consumer is not None:
+            self.consumer.call_soon(fail)
+
     def lost(self, count: int) -> None:
         """``count`` messages were released after their leases were lost (any thread)."""
+        generation = self.channel_generation
 
         def orphan() -> None:
-            self.orphaned += count
-            self.update()
+            if generation == self.channel_generation:  # not a channel opened since
+                self.orphaned += count
+                self.update()
 
         if self.consumer is not None:
             self.consumer.call_soon(orphan)
@@ -92,6 +116,10 @@ def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celer
     # nothing for this to cancel; set it to silence Celery's warning on every reconnection.
     app.conf.worker_cancel_long_running_tasks_on_connection_loss = True
     loop.on_room = flow.soon
+    # Set by Celery's signal handlers (SIGTERM, SIGINT) before the consumer stops: tells a
+    # shutdown from a lost connection, which stops the consumer too.
+    shutting_down = threading.Event()
+    signals.worker_shutting_down.connect(lambda **_: shutting_down.set(), weak=False)
 
     class GenerateTask(Task):  # type: ignore[misc]
         name = GENERATE_TASK
@@ -141,6 +169,7 @@ def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celer
                     lambda: consumer.call_soon(acknowledge, message),
                 )
                 scheduler.add(delivery, ready)
+                flow.last_activity = time.monotonic()
                 flow.update()
 
             return on_message
@@ -155,24 +184,29 @@ def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celer
         def start(self, c: Any) -> None:
             flow.consumer = c
             flow.orphaned = 0  # a new channel: kombu's prefetch window starts empty
+            flow.channel_generation += 1
+            flow.last_activity = time.monotonic()
             flow.update()
 
         def stop(self, c: Any) -> None:
-            # The connection is closing (Redis went away, or shutdown): a message can only be
-            # acknowledged on the channel it came on, so release them all. Waiting items leave
-            # the pool; kombu requeues the messages, now or (Redis away) when their leases
-            # expire, and the items that got results meanwhile are skipped on redelivery.
-            dropped = scheduler.release()
+            # Warm shutdown: the rows in flight get their grace period (see shutdown), so keep
+            # holding and leasing their messages meanwhile, or another worker would take them
+            # over. Connection lost: a message can only be acknowledged on the channel it came
+            # on, so release them all; kombu requeues them when their leases expire, and items
+            # that got results meanwhile are skipped on redelivery.
+            warm = shutting_down.is_set()
+            dropped = scheduler.drop_waiting() if warm else scheduler.release()[1]
             if dropped:
                 log.warning("consumer stopping: %d buffered item(s) left to redelivery", dropped)
 
         def shutdown(self, c: Any) -> None:
-            # Warm shutdown: the rows in flight finish and their results are written; items
-            # not started go back to the queue when kombu restores unacknowledged messages
-            # (finished ones too, if their ack did not go out: a rerun skips them).
+            # Warm shutdown: the rows in flight finish and their results are written; then
+            # kombu restores every unacknowledged message as the connection closes (finished
+            # ones too, if their ack did not go out: a rerun skips them).
             scheduler.close()
             loop.join(SHUTDOWN_GRACE_S + 10)
-            log.warning("engine loop stopped; %d waiting item(s) handed back", scheduler.release())
+            _, dropped = scheduler.release()
+            log.warning("engine loop stopped; %d waiting item(s) handed back", dropped)
 
     app.steps["consumer"].add(EngineStep)
     return app
@@ -192,8 +226,10 @@ class Heartbeat(threading.Thread):
         period_s: float,
         scheduler: Scheduler,
         flow: FlowControl,
+        queue: str,
     ) -> None:
         super().__init__(name="genq-heartbeat", daemon=True)
+        self.queue = queue
         self.store = store
         self.info = info
         self.period_s = period_s
@@ -212,17 +248,27 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         lost = self.store.renew_leases(self.scheduler.held_tags())
-        if lost:
-            released = self.scheduler.release(lost)
-            self.flow.lost(len(lost))
+        # A tag acked since the snapshot is not held any more: release() skips it.
+        released, dropped = self.scheduler.release(lost) if lost else ([], 0)
+        if released:
+            self.flow.lost(len(released))
             log.warning(
                 "lease lost on %d message(s) (not renewed for GENQ_LEASE_S): they were requeued "
                 "for another worker; %d waiting item(s) dropped here",
-                len(lost),
-                released,
+                len(released),
+                dropped,
             )
         if not self.store.heartbeat(self.info.id, self.period_s):
             self.store.register_worker(self.info, self.period_s)  # e.g. Redis restarted
+        queued = self.store.queue_length(self.queue)
+        if self.flow.stalled(queued):
+            log.warning(
+                "the consumer took no message for %.0f s while %d wait in the queue: "
+                "reconnecting to the broker",
+                CONSUMER_STALL_S,
+                queued,
+            )
+            self.flow.reconnect()
 
     def stop(self) -> None:
         self.stopped.set()
@@ -283,7 +329,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         started_at=utcnow(),
         last_seen=utcnow(),
     )
-    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow)
+    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow, settings.queue)
 
     def on_ready(**_: Any) -> None:
         store.register_worker(info, settings.heartbeat_s)

@@ -62,6 +62,9 @@ class EngineLoop(threading.Thread):
         self._unwritten: list[_Held] = []
         self._next_write_s = 0.0
         self._last_retry_log_s = -RETRY_LOG_S
+        # An item on its second try or later, waiting to run alone once nothing else is in
+        # flight (counted only then: a poison item must not take neighbours down with it).
+        self._suspect: Entry | None = None
 
     def run(self) -> None:
         try:
@@ -88,11 +91,10 @@ class EngineLoop(threading.Thread):
     def _run_static(self) -> None:
         while (batch := self.scheduler.next_batch()) is not None:
             self.on_room()
-            normal, suspects = self._begin(batch)
-            for entry in suspects:
-                self._rerun([entry], checked=True)
+            normal = self._begin(batch)
             if normal:
                 self._rerun(normal, checked=True)
+            self._run_suspect()  # after the batch: nothing else is in flight
 
     # --- continuous -----------------------------------------------------------------------
     def _run_continuous(self, decoder: ContinuousDecoder) -> None:
@@ -106,18 +108,22 @@ class EngineLoop(threading.Thread):
             return decoder.projected_tokens(items) <= self.runner.budget
 
         while True:
+            if self._suspect is not None and not decoder.active_rows:
+                if closing_by is None:
+                    self._run_suspect()
+                else:  # shutting down: its message is redelivered
+                    self._suspect = None
             free = size - decoder.active_rows
-            if free > 0 and closing_by is None:
-                taken = self.scheduler.take(free, fits, wait=decoder.active_rows == 0)
+            # While a suspect waits, nothing joins: the batch drains, then it runs alone.
+            if free > 0 and closing_by is None and self._suspect is None:
+                idle = decoder.active_rows == 0 and not self._unwritten
+                taken = self.scheduler.take(free, fits, wait=idle)
                 if taken is None:
                     closing_by = time.monotonic() + SHUTDOWN_GRACE_S
                     taken = []
-                normal, suspects = self._begin(taken) if taken else ([], [])
-                for entry in suspects:
-                    self._rerun([entry], checked=True)
-                if normal or suspects:
-                    self.on_room()
+                normal = self._begin(taken) if taken else []
                 if normal:
+                    self.on_room()
                     taken = normal
                     for entry in taken:
                         entries[id(entry.prepared)] = entry
@@ -212,54 +218,69 @@ class EngineLoop(threading.Thread):
         self.scheduler.retry_later(later)
         self.scheduler.complete([e for e in entries if id(e.prepared) not in again])
 
-    def _begin(self, taken: list[Entry]) -> tuple[list[Entry], list[Entry]]:
-        """Count an attempt (in Redis, so a worker's death counts too) for the entries taken
-        from the pool, and sort them: (entries to batch, at most one *suspect* to run alone).
+    def _begin(self, taken: list[Entry]) -> list[Entry]:
+        """Count an attempt (in Redis, so that a worker's death counts too) for each entry
+        taken from the pool that was never started, and return those, to batch now.
 
-        A suspect is an item on its second try or later: it failed, or was in flight when a
-        worker died. Suspects run alone, one at a time (the others wait in the pool, not
-        counted), so a poison item takes no neighbour down with it; one started
-        GENQ_MAX_ATTEMPTS times already ends as ``worker_lost`` instead of taking down every
-        worker in turn. Entries of ended jobs end here too.
+        The others were started before: they failed, or were in flight when a worker died.
+        One started GENQ_MAX_ATTEMPTS times ends as ``worker_lost`` (a poison item must not
+        take down every worker in turn); one more becomes the *suspect*, run alone once
+        nothing else is in flight; the rest go back to the pool, uncounted. Entries of ended
+        jobs end here too.
         """
         by_job: dict[str, list[int]] = defaultdict(list)
         for entry in taken:
             by_job[entry.prepared.job_id].append(entry.prepared.item.index)
-        limit = self.settings.max_attempts
-        normal: list[Entry] = []
-        suspects: list[Entry] = []
-        waiting: list[Entry] = []
-        ended: list[Entry] = []
         try:
             statuses, counts = self.runner.store.start(by_job)
             live = {id(p) for p in self.runner.live([e.prepared for e in taken], statuses)}
-            for entry in taken:
-                p = entry.prepared
-                count = counts.get((p.job_id, p.item.index), 1)
-                if id(p) not in live:
-                    ended.append(entry)
-                elif count > 0:
-                    normal.append(entry)
-                elif -count >= limit:
-                    self.runner.record_abandoned(p, -count)
-                    ended.append(entry)
-                elif suspects:
-                    waiting.append(entry)
-                else:
-                    p = entry.prepared
-                    _, again = self.runner.store.start({p.job_id: [p.item.index]}, retry=True)
-                    self.runner.attempts[(p.job_id, p.item.index)] = abs(
-                        again.get((p.job_id, p.item.index), 2)
-                    )
-                    suspects.append(entry)
         except RedisError as e:  # cannot tell: run them; results are checked when written
             self._say_retrying(f"could not count attempts ({e})")
-            return taken, []
+            return taken
+        normal: list[Entry] = []
+        waiting: list[Entry] = []
+        ended: list[Entry] = []
+        for entry in taken:
+            p = entry.prepared
+            count = counts.get((p.job_id, p.item.index), 1)
+            if id(p) not in live:
+                ended.append(entry)
+            elif count > 0:
+                normal.append(entry)
+            elif -count >= self.settings.max_attempts:
+                try:
+                    self.runner.record_abandoned(p, -count)
+                    ended.append(entry)
+                except RedisError:
+                    waiting.append(entry)  # decided again on its next turn
+            elif self._suspect is None:
+                self._suspect = entry
+            else:
+                waiting.append(entry)
         if ended:
             self.scheduler.complete(ended)
         if waiting:
             self.scheduler.retry_later(waiting)  # not_before passed: next in line
-        return normal, suspects
+        return normal
+
+    def _run_suspect(self) -> None:
+        """Count another attempt for the suspect and run it alone (nothing else in flight)."""
+        entry, self._suspect = self._suspect, None
+        if entry is None:
+            return
+        p = entry.prepared
+        key = (p.job_id, p.item.index)
+        try:
+            statuses, counts = self.runner.store.start({p.job_id: [p.item.index]}, retry=True)
+            if not self.runner.live([p], statuses):  # its job ended meanwhile
+                self.scheduler.complete([entry])
+                return
+        except RedisError as e:
+            self._say_retrying(f"could not count attempts ({e})")
+            self.scheduler.retry_later([entry])
+            return
+        self.runner.attempts[key] = abs(counts[key])
+        self._rerun([entry], checked=True)
 
     def _drop_cancelled(
         self, decoder: ContinuousDecoder, entries: dict[int, Entry], started: dict[int, float]

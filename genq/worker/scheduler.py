@@ -72,6 +72,10 @@ class Scheduler:
             return
         now = time.monotonic()
         with self._cond:
+            if delivery.tag in self._held:
+                # kombu reuses a message's delivery tag on redelivery: the same message came
+                # back while its earlier delivery is still here. Only the new one may be acked.
+                self._release([delivery.tag])
             self._held[delivery.tag] = delivery
             for prepared in items:
                 seq = next(self._seq)
@@ -200,17 +204,31 @@ class Scheduler:
             self._promote()
             self._cond.notify_all()
 
-    def release(self, tags: Collection[str] | None = None) -> int:
+    def release(self, tags: Collection[str] | None = None) -> tuple[list[str], int]:
         """Release the messages with ``tags`` (all when None): never ack them, drop their
-        waiting items (the broker redelivers the messages). Returns the items dropped."""
+        waiting items (the broker redelivers the messages). Returns the tags released and
+        the number of items dropped."""
         with self._cond:
-            released = list(self._held) if tags is None else [t for t in tags if t in self._held]
-            for tag in released:
-                self._held.pop(tag).done = True  # done without an ack
-            before = len(self._pending) + len(self._deferred)
-            self._pending = {s: e for s, e in self._pending.items() if not e.delivery.done}
-            self._deferred = {s: e for s, e in self._deferred.items() if not e.delivery.done}
-            return before - len(self._pending) - len(self._deferred)
+            return self._release(list(self._held) if tags is None else tags)
+
+    def _release(self, tags: Collection[str]) -> tuple[list[str], int]:
+        released = [t for t in tags if t in self._held]
+        for tag in released:
+            self._held.pop(tag).done = True  # done without an ack
+        before = len(self._pending) + len(self._deferred)
+        self._pending = {s: e for s, e in self._pending.items() if not e.delivery.done}
+        self._deferred = {s: e for s, e in self._deferred.items() if not e.delivery.done}
+        return released, before - len(self._pending) - len(self._deferred)
+
+    def drop_waiting(self) -> int:
+        """Drop every waiting item but keep holding (and leasing) the messages: at a warm
+        shutdown the rows in flight finish while the broker keeps the messages for redelivery.
+        Returns the items dropped."""
+        with self._cond:
+            dropped = len(self._pending) + len(self._deferred)
+            self._pending.clear()
+            self._deferred.clear()
+            return dropped
 
     def close(self) -> None:
         with self._cond:
