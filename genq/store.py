@@ -1,12 +1,12 @@
 """Job state in Redis: the only code that reads or writes genq's keys.
 
-Every multi-key change is one Lua script, so counters, results and status never disagree, and a
-redelivered message can never count an item twice (the first result written wins).
+Every multi-key change is one Lua script (:mod:`genq.scripts`), so counters, results and status
+never disagree, and a redelivered message can never count an item twice (the first result
+written wins).
 """
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,14 +15,8 @@ from typing import Any
 import redis
 from pydantic import TypeAdapter, ValidationError
 
-from genq import keyspace
-from genq.errors import (
-    BrokerUnavailableError,
-    DurabilityError,
-    GenqError,
-    JobNotFoundError,
-    RedisAccessError,
-)
+from genq import keyspace, scripts
+from genq.errors import DurabilityError, JobNotFoundError
 from genq.schema import (
     GenerationParams,
     ItemResult,
@@ -32,164 +26,9 @@ from genq.schema import (
     WorkerInfo,
     from_epoch,
 )
-from genq.settings import (
-    DEFAULT_UNFINISHED_TTL_S,
-    WORKER_RECORD_TTL_S,
-    WORKER_TTL_FACTOR,
-    redact_url,
-)
+from genq.settings import DEFAULT_UNFINISHED_TTL_S, WORKER_RECORD_TTL_S, WORKER_TTL_FACTOR
 
 _METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
-
-_TERMINAL_LUA = "{completed=true, failed=true, cancelled=true, expired=true}"
-
-# A job past its deadline turns expired on first sight, by whoever looks (worker or producer).
-# KEYS: job, results, attempts. ARGV[1]: now, ARGV[2]: ttl_s. Returns the status it has afterwards.
-_EXPIRE_IF_DUE_LUA = """
-local function expire_if_due()
-  local fields = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
-  local status, expires_at = fields[1], fields[2]
-  if expires_at and (status == 'queued' or status == 'running')
-      and tonumber(ARGV[1]) >= tonumber(expires_at) then
-    redis.call('HSET', KEYS[1], 'status', 'expired', 'finished_at', ARGV[1])
-    redis.call('EXPIRE', KEYS[1], ARGV[2])
-    redis.call('EXPIRE', KEYS[2], ARGV[2])
-    redis.call('DEL', KEYS[3])
-    return 'expired'
-  end
-  return status
-end
-"""
-
-# KEYS: job, results, attempts. ARGV: now, ttl_s, then (index, ok, json) triples.
-# Returns the number of results that were new; -1 when the job no longer exists.
-_RECORD = f"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-local terminal = {_TERMINAL_LUA}
-local new_ok, new_failed = 0, 0
-for i = 3, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
-    if ARGV[i + 1] == '1' then new_ok = new_ok + 1 else new_failed = new_failed + 1 end
-  end
-end
-local completed = redis.call('HINCRBY', KEYS[1], 'completed', new_ok)
-local failed = redis.call('HINCRBY', KEYS[1], 'failed', new_failed)
-local status = redis.call('HGET', KEYS[1], 'status')
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-  status = 'running'
-end
-if status == 'running' and completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
-  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
-  status = 'completed'
-end
-if terminal[status] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[2])
-  redis.call('DEL', KEYS[3])
-else
-  -- results never outlive their job record, even when the job never ends
-  local ttl = redis.call('PTTL', KEYS[1])
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
-end
-return new_ok + new_failed
-"""
-
-# KEYS: job, results, attempts. ARGV: now, ttl_s, then item indexes. Moves a queued job to running;
-# returns {status or false, indexes that already have a result}.
-_ADMIT = (
-    _EXPIRE_IF_DUE_LUA
-    + """
-local status = expire_if_due()
-if not status then return {false, {}} end
-if status == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-  status = 'running'
-end
-local done = {}
-for i = 3, #ARGV do
-  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then table.insert(done, tonumber(ARGV[i])) end
-end
-return {status, done}
-"""
-)
-
-_EXPIRE = _EXPIRE_IF_DUE_LUA + "return expire_if_due()"
-
-# KEYS: job, results, attempts. ARGV: now, ttl_s, retry ('1' or '0'), then item indexes.
-# Counts an attempt for each item of a running job that was never started (or for every item,
-# with retry = '1'). Returns {status or false, counts}: a count > 0 is this attempt's number;
-# -n means the item was started n times before and was not counted now.
-_START = (
-    _EXPIRE_IF_DUE_LUA
-    + """
-local status = expire_if_due()
-if status ~= 'queued' and status ~= 'running' then return {status, {}} end
-local counts = {}
-for i = 4, #ARGV do
-  local before = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
-  if before == 0 or ARGV[3] == '1' then
-    table.insert(counts, redis.call('HINCRBY', KEYS[3], ARGV[i], 1))
-  else
-    table.insert(counts, -before)
-  end
-end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
-return {status, counts}
-"""
-)
-
-# KEYS: worker, worker batches, workers index. ARGV: now, ttl_s, worker id. Refreshes a live
-# worker's record; never recreates a removed or expired one as a partial hash.
-_HEARTBEAT = """
--- a record that expired (Redis was away) may since have been half recreated by batch counters
-if redis.call('HEXISTS', KEYS[1], 'id') == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
-return 1
-"""
-
-# KEYS: job, results, attempts. ARGV: now, ttl_s, new status, error. Ends an unfinished job.
-# Returns the status the job has afterwards (false if missing).
-_FINISH = f"""
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
-local terminal = {_TERMINAL_LUA}
-if terminal[status] then return status end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[1])
-if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('DEL', KEYS[3])
-return ARGV[3]
-"""
-
-
-# KEYS: kombu's unacked index. ARGV: now, then delivery tags. Renews the leases this worker
-# holds; returns the tags that are no longer held (requeued after the lease expired).
-_RENEW = """
-local lost = {}
-for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
-  else
-    table.insert(lost, ARGV[i])
-  end
-end
-return lost
-"""
-
-
-# KEYS: any. ARGV: ttl_s. Gives a TTL to the keys that have none (EXPIRE NX, before Redis 7).
-_EXPIRE_PERSISTENT = """
-for i = 1, #KEYS do
-  if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
-end
-return 0
-"""
 
 _WORKER_COUNTERS = ("batches", "items", "tokens")
 
@@ -204,61 +43,6 @@ class BatchStats:
     tokens: int
 
 
-def explain_redis_error(error: redis.exceptions.RedisError, redis_url: str) -> GenqError | None:
-    """The error to show a user for ``error`` (what went wrong, what to do, no password), or
-    None when it is not about reaching Redis. :class:`RedisAccessError` when it is permanent."""
-    url = redact_url(redis_url)
-    if isinstance(error, redis.exceptions.AuthenticationError) or (
-        isinstance(error, redis.exceptions.ResponseError)
-        and ("auth" in str(error).lower() or "NOPERM" in str(error))
-    ):
-        return RedisAccessError(
-            f"Redis at {url} refused the credentials; check the user and password in GENQ_REDIS_URL"
-        )
-    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
-        tls_error = _tls_error(error)
-        if tls_error is not None:
-            return RedisAccessError(
-                f"TLS connection to Redis at {url} failed: {tls_error}. To trust a private CA, "
-                "add ssl_ca_certs=/path/to/ca.pem (PEM) to GENQ_REDIS_URL."
-            )
-        return BrokerUnavailableError(
-            f"cannot reach Redis at {url}: is it running? Set GENQ_REDIS_URL (or --redis-url) "
-            "to the server genq should use."
-        )
-    return None
-
-
-def _tls_error(error: BaseException) -> str | None:
-    """What went wrong in the TLS handshake behind a connection error, or None if nothing did."""
-    cause: BaseException | None = error
-    while cause is not None:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return f"the server's certificate was not verified ({cause.verify_message})"
-        if isinstance(cause, ssl.SSLError):
-            return f"TLS error {cause.reason or cause}"
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-def connect(redis_url: str) -> redis.Redis:
-    """Open a Redis client for ``redis_url`` (decoded responses, retries on transient errors)."""
-    try:
-        return redis.Redis.from_url(
-            redis_url,
-            decode_responses=True,
-            health_check_interval=30,
-            socket_connect_timeout=5,
-            socket_keepalive=True,
-            retry_on_timeout=True,
-        )
-    except ValueError:
-        raise BrokerUnavailableError(
-            f"invalid Redis URL {redact_url(redis_url)!r}: "
-            "expected redis://[user:password@]host:port/db (or rediss:// for TLS)"
-        ) from None
-
-
 class JobStore:
     """Reads and writes jobs, results and worker records in Redis."""
 
@@ -271,14 +55,14 @@ class JobStore:
         self.redis = client
         self.result_ttl_s = result_ttl_s
         self.unfinished_ttl_s = unfinished_ttl_s
-        self._record = client.register_script(_RECORD)
-        self._finish = client.register_script(_FINISH)
-        self._admit = client.register_script(_ADMIT)
-        self._expire = client.register_script(_EXPIRE)
-        self._start = client.register_script(_START)
-        self._heartbeat = client.register_script(_HEARTBEAT)
-        self._renew = client.register_script(_RENEW)
-        self._expire_persistent = client.register_script(_EXPIRE_PERSISTENT)
+        self._record = client.register_script(scripts.RECORD)
+        self._finish = client.register_script(scripts.FINISH)
+        self._admit = client.register_script(scripts.ADMIT)
+        self._expire = client.register_script(scripts.EXPIRE)
+        self._start = client.register_script(scripts.START)
+        self._heartbeat = client.register_script(scripts.HEARTBEAT)
+        self._renew = client.register_script(scripts.RENEW)
+        self._expire_persistent = client.register_script(scripts.EXPIRE_PERSISTENT)
 
     # --- jobs -----------------------------------------------------------------------------
     def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:

@@ -9,10 +9,11 @@ from typing import Any
 
 import redis
 
+from genq.connection import connect
 from genq.producer.client import Client
 from genq.schema import WorkChunk
 from genq.settings import Settings
-from genq.store import JobStore, connect
+from genq.store import JobStore
 from genq.worker.engines.base import Generation, Prepared
 from genq.worker.engines.null import NullEngine
 from genq.worker.loop import EngineLoop

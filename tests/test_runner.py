@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from genq.connection import connect
 from genq.producer.client import Client
 from genq.schema import JobStatus, WorkChunk
 from genq.settings import Settings
-from genq.store import JobStore, connect
+from genq.store import JobStore
 from genq.worker.engines.faults import FaultPlan, FaultyEngine
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.null import NullEngine

@@ -17,12 +17,12 @@ from tlsutil import Certificates, SecuredRedis, make_ca, make_certificates, tls_
 
 from genq import keyspace
 from genq.broker import celery_app
+from genq.connection import connect
 from genq.errors import BrokerUnavailableError
 from genq.producer.cli import EXIT_FAILED
 from genq.producer.client import Client
 from genq.schema import ItemResult
 from genq.settings import Settings
-from genq.store import connect
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 

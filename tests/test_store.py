@@ -10,11 +10,12 @@ import pytest
 from conftest import RedisProcess, valkey_binary
 
 from genq import keyspace
+from genq.connection import connect
 from genq.errors import JobNotFoundError
 from genq.producer.client import Client, new_job_id
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
-from genq.store import BatchStats, JobStore, connect
+from genq.store import BatchStats, JobStore
 
 TTL_S = 1234
 

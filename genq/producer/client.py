@@ -20,6 +20,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from genq.broker import GENERATE_TASK, celery_app
+from genq.connection import connect, explain_redis_error
 from genq.errors import (
     BrokerUnavailableError,
     EnqueueError,
@@ -43,7 +44,7 @@ from genq.settings import (
     WAIT_OUTAGE_TOLERANCE_S,
     Settings,
 )
-from genq.store import JobStore, connect, explain_redis_error
+from genq.store import JobStore
 
 MAX_PROBLEMS_SHOWN = 20
 

@@ -25,10 +25,11 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from genq.broker import GENERATE_TASK, celery_app
+from genq.connection import connect, explain_redis_error
 from genq.errors import RedisAccessError, WorkerConfigError, WorkerCrashedError
 from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.settings import CONSUMER_STALL_S, Settings
-from genq.store import JobStore, connect, explain_redis_error
+from genq.store import JobStore
 from genq.worker.engines import Engine, load_engine
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
 from genq.worker.runner import BatchRunner

@@ -1,0 +1,157 @@
+"""genq's Lua scripts: every change of job state that touches more than one key, atomically.
+
+Run by :mod:`genq.store` (the only code that reads or writes genq's keys). Each script says which
+KEYS and ARGV it takes and what it returns.
+"""
+
+from __future__ import annotations
+
+_TERMINAL = "{completed=true, failed=true, cancelled=true, expired=true}"
+
+# A job past its deadline turns expired on first sight, by whoever looks (worker or producer).
+# KEYS: job, results, attempts. ARGV[1]: now, ARGV[2]: ttl_s. Returns the status it has afterwards.
+_EXPIRE_IF_DUE = """
+local function expire_if_due()
+  local fields = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
+  local status, expires_at = fields[1], fields[2]
+  if expires_at and (status == 'queued' or status == 'running')
+      and tonumber(ARGV[1]) >= tonumber(expires_at) then
+    redis.call('HSET', KEYS[1], 'status', 'expired', 'finished_at', ARGV[1])
+    redis.call('EXPIRE', KEYS[1], ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ARGV[2])
+    redis.call('DEL', KEYS[3])
+    return 'expired'
+  end
+  return status
+end
+"""
+
+# KEYS: job, results, attempts. ARGV: now, ttl_s, then (index, ok, json) triples.
+# Returns the number of results that were new; -1 when the job no longer exists.
+RECORD = f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local terminal = {_TERMINAL}
+local new_ok, new_failed = 0, 0
+for i = 3, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
+    if ARGV[i + 1] == '1' then new_ok = new_ok + 1 else new_failed = new_failed + 1 end
+  end
+end
+local completed = redis.call('HINCRBY', KEYS[1], 'completed', new_ok)
+local failed = redis.call('HINCRBY', KEYS[1], 'failed', new_failed)
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+  status = 'running'
+end
+if status == 'running' and completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
+  redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
+  status = 'completed'
+end
+if terminal[status] then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+  redis.call('DEL', KEYS[3])
+else
+  -- results never outlive their job record, even when the job never ends
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return new_ok + new_failed
+"""
+
+# KEYS: job, results, attempts. ARGV: now, ttl_s, then item indexes. Moves a queued job to running;
+# returns {status or false, indexes that already have a result}.
+ADMIT = (
+    _EXPIRE_IF_DUE
+    + """
+local status = expire_if_due()
+if not status then return {false, {}} end
+if status == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+  status = 'running'
+end
+local done = {}
+for i = 3, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then table.insert(done, tonumber(ARGV[i])) end
+end
+return {status, done}
+"""
+)
+
+EXPIRE = _EXPIRE_IF_DUE + "return expire_if_due()"
+
+# KEYS: job, results, attempts. ARGV: now, ttl_s, retry ('1' or '0'), then item indexes.
+# Counts an attempt for each item of a running job that was never started (or for every item,
+# with retry = '1'). Returns {status or false, counts}: a count > 0 is this attempt's number;
+# -n means the item was started n times before and was not counted now.
+START = (
+    _EXPIRE_IF_DUE
+    + """
+local status = expire_if_due()
+if status ~= 'queued' and status ~= 'running' then return {status, {}} end
+local counts = {}
+for i = 4, #ARGV do
+  local before = tonumber(redis.call('HGET', KEYS[3], ARGV[i]) or '0')
+  if before == 0 or ARGV[3] == '1' then
+    table.insert(counts, redis.call('HINCRBY', KEYS[3], ARGV[i], 1))
+  else
+    table.insert(counts, -before)
+  end
+end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+return {status, counts}
+"""
+)
+
+# KEYS: worker, worker batches, workers index. ARGV: now, ttl_s, worker id. Refreshes a live
+# worker's record; never recreates a removed or expired one as a partial hash.
+HEARTBEAT = """
+-- a record that expired (Redis was away) may since have been half recreated by batch counters
+if redis.call('HEXISTS', KEYS[1], 'id') == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'last_seen', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: job, results, attempts. ARGV: now, ttl_s, new status, error. Ends an unfinished job.
+# Returns the status the job has afterwards (false if missing).
+FINISH = f"""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+local terminal = {_TERMINAL}
+if terminal[status] then return status end
+redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', ARGV[1])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+return ARGV[3]
+"""
+
+
+# KEYS: kombu's unacked index. ARGV: now, then delivery tags. Renews the leases this worker
+# holds; returns the tags that are no longer held (requeued after the lease expired).
+RENEW = """
+local lost = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+"""
+
+
+# KEYS: any. ARGV: ttl_s. Gives a TTL to the keys that have none (EXPIRE NX, before Redis 7).
+EXPIRE_PERSISTENT = """
+for i = 1, #KEYS do
+  if redis.call('TTL', KEYS[i]) == -1 then redis.call('EXPIRE', KEYS[i], ARGV[1]) end
+end
+return 0
+"""
