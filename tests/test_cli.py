@@ -48,7 +48,7 @@ def write_jsonl(path: Path, items: list[dict[str, object]]) -> Path:
 
 
 def queue_length(client: Client) -> int:
-    return int(client.store.redis.llen(keyspace.celery_prefix() + client.settings.queue))
+    return int(client.store.redis.llen(keyspace.celery_queue(client.settings.queue)))
 
 
 def test_bulk_job_round_trip_through_the_cli(

@@ -95,12 +95,12 @@ def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
 ) -> None:
     key = f"campaign-42-{time.time_ns()}"
     jobs_before = client.store.redis.zcard(keyspace.jobs_index())
-    queued_before = client.store.redis.llen(keyspace.celery_prefix() + "nobody-reads-this")
+    queued_before = client.store.redis.llen(keyspace.celery_queue("nobody-reads-this"))
     idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
     first = idle.submit(["a", "b"], idempotency_key=key)
-    queued = client.store.redis.llen(keyspace.celery_prefix() + "nobody-reads-this")
+    queued = client.store.redis.llen(keyspace.celery_queue("nobody-reads-this"))
     assert idle.submit(["a", "b"], idempotency_key=key) == first
     assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before + 1
-    assert client.store.redis.llen(keyspace.celery_prefix() + "nobody-reads-this") == queued
+    assert client.store.redis.llen(keyspace.celery_queue("nobody-reads-this")) == queued
     assert queued > queued_before
     assert idle.submit(["a", "b"], idempotency_key=key + "-other") != first

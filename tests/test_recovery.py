@@ -27,6 +27,11 @@ def on_queue(settings: Settings, queue: str) -> Client:
     return Client(settings=settings.model_copy(update={"queue": queue}))
 
 
+def slow_worker(start_worker: StartWorker, queue: str) -> WorkerProcess:
+    """A worker on short leases whose every decode step takes 0.5 s longer."""
+    return start_worker(queue=queue, lease_s=str(LEASE_S), faults=json.dumps({"delay_s": 0.5}))
+
+
 def worker_id(worker: WorkerProcess) -> str:
     line = next(line for line in worker.output().splitlines() if "ready: engine=" in line)
     return line.split("genq worker ", 1)[1].split(" ", 1)[0]
@@ -51,9 +56,7 @@ def test_a_sigkilled_workers_messages_are_taken_up_when_its_lease_expires(
 ) -> None:
     client = on_queue(settings, "sigkill-test")
     # A slow worker that takes the whole job (4 messages of 4) and is killed mid-batch.
-    doomed = start_worker(
-        queue="sigkill-test", lease_s=str(LEASE_S), faults=json.dumps({"delay_s": 0.5})
-    )
+    doomed = slow_worker(start_worker, "sigkill-test")
     job_id = client.submit([f"prompt {i} about tea" for i in range(16)], {"max_new_tokens": 24})
     wait_until(lambda: client.status(job_id).status.value == "running", 30, "the job to start")
     time.sleep(1)
@@ -74,9 +77,7 @@ def test_a_batch_longer_than_the_lease_runs_once_on_a_healthy_worker(
     start_worker: StartWorker, settings: Settings
 ) -> None:
     client = on_queue(settings, "long-batch-test")
-    slow = start_worker(
-        queue="long-batch-test", lease_s=str(LEASE_S), faults=json.dumps({"delay_s": 0.5})
-    )
+    slow = slow_worker(start_worker, "long-batch-test")
     started = time.monotonic()
     job_id = client.submit([f"prompt {i}" for i in range(8)], {"max_new_tokens": 30})
     wait_until(lambda: client.status(job_id).status.value == "running", 30, "the job to start")
@@ -230,9 +231,7 @@ def test_sigterm_lets_rows_longer_than_the_lease_finish_without_handing_them_ove
     start_worker: StartWorker, settings: Settings
 ) -> None:
     client = on_queue(settings, "sigterm-lease-test")
-    slow = start_worker(
-        queue="sigterm-lease-test", lease_s=str(LEASE_S), faults=json.dumps({"delay_s": 0.5})
-    )
+    slow = slow_worker(start_worker, "sigterm-lease-test")
     job_id = client.submit([f"prompt {i}" for i in range(4)], {"max_new_tokens": 50})
     started = lambda: client.store.redis.hlen(keyspace.attempts(job_id)) == 4  # noqa: E731
     wait_until(started, 30, "the rows to be in flight")

@@ -207,7 +207,7 @@ def test_a_password_only_url_logs_in_as_the_default_user_for_broker_and_store(
     job_id = client.submit(["hello"], {"max_new_tokens": 2})
     assert client.status(job_id).status.value == "queued"
     with acl_redis.admin() as admin:
-        assert admin.llen(keyspace.celery_prefix() + queue) == 1
+        assert admin.llen(keyspace.celery_queue(queue)) == 1
 
 
 @pytest.mark.parametrize(

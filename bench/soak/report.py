@@ -48,7 +48,7 @@ def verify(soak: Soak) -> dict[str, Any]:
         fields = [str(k) for k in retry(lambda: r.hkeys(keyspace.results(job_id)))]
     except JobNotFoundError:
         info, results, fields = None, [], []
-    queued = retry(lambda: r.llen(keyspace.celery_prefix() + soak.settings.queue))
+    queued = retry(lambda: r.llen(keyspace.celery_queue(soak.settings.queue)))
     unacked = retry(lambda: r.zcard(keyspace.celery_unacked_index()))
 
     seen = Counter(res.index for res in results)

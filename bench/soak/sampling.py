@@ -122,7 +122,7 @@ class Sampler:
             ]
             r = self.client.store.redis
             with r.pipeline(transaction=False) as pipe:
-                pipe.llen(keyspace.celery_prefix() + self.settings.queue)
+                pipe.llen(keyspace.celery_queue(self.settings.queue))
                 pipe.zcard(keyspace.celery_unacked_index())
                 for worker_id in known:
                     pipe.hget(keyspace.worker(worker_id), "items")

@@ -143,16 +143,18 @@ def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celer
                 # Decoding checks the content type: a pickled message raises
                 # ContentDisallowed here, which Celery logs and rejects, never unpickling it.
                 payload = message.payload if body is None else body
+                raw: Any = None
                 try:
                     args = payload["args"] if isinstance(payload, dict) else payload[0]
-                    chunk = WorkChunk.model_validate_json(args[0])
+                    raw = args[0]
+                    chunk = WorkChunk.model_validate_json(raw)
                 except (ValidationError, IndexError, KeyError, TypeError, ValueError) as e:
                     log.error(
                         "dropping malformed message %s: %s",
                         message.headers.get("id") if message.headers else "?",
                         e,
                     )
-                    runner.fail_unreadable(payload, e)
+                    runner.fail_unreadable(raw, e)
                     reject(log, errors)
                     return
                 try:

@@ -124,11 +124,10 @@ class EngineLoop(threading.Thread):
                 normal = self._begin(taken) if taken else []
                 if normal:
                     self.on_room()
-                    taken = normal
-                    for entry in taken:
+                    for entry in normal:
                         entries[id(entry.prepared)] = entry
                         started[id(entry.prepared)] = time.time()
-                    items = [e.prepared for e in taken]
+                    items = [e.prepared for e in normal]
                     self._guarded(decoder, entries, started, partial(decoder.add, items))
             if self._unwritten:
                 self._write_held()

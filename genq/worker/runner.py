@@ -16,6 +16,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from genq import keyspace
 from genq.schema import (
@@ -94,12 +95,12 @@ class BatchRunner:
             self.store.record({chunk.job_id: rejected})
         return ready
 
-    def fail_unreadable(self, payload: object, error: Exception) -> None:
-        """A message that is not a valid work chunk: fail its job, if it names one, rather
-        than leave the job waiting forever for items no worker can read."""
+    def fail_unreadable(self, raw: Any, error: Exception) -> None:
+        """A message whose body (``raw``: its JSON text, or None if it has none) is not a valid
+        work chunk: fail its job, if it names one, rather than leave the job waiting forever
+        for items no worker can read."""
         try:
-            args = payload["args"] if isinstance(payload, dict) else payload[0]  # type: ignore[index]
-            job_id = keyspace.checked_id(str(json.loads(args[0])["job_id"]))
+            job_id = keyspace.checked_id(str(json.loads(raw)["job_id"]))
             reason = str(error).splitlines()[0][:200]
             info = self.store.fail(
                 job_id,
@@ -131,14 +132,17 @@ class BatchRunner:
     ) -> list[Prepared]:
         """The items whose job still runs. The others end here: items of an expired job get
         an ``expired`` result, those of a cancelled (or vanished) job none."""
-        ended = [p for p in items if statuses.get(p.job_id) in TERMINAL | {None}]
-        by_job: dict[str, list[Prepared]] = defaultdict(list)
-        for p in ended:
-            if statuses.get(p.job_id) is JobStatus.EXPIRED:
-                by_job[p.job_id].append(p)
-        for job_id, expired in by_job.items():
+        live: list[Prepared] = []
+        expired_by_job: dict[str, list[Prepared]] = defaultdict(list)
+        for p in items:
+            status = statuses.get(p.job_id)
+            if status is not None and status not in TERMINAL:
+                live.append(p)
+            elif status is JobStatus.EXPIRED:
+                expired_by_job[p.job_id].append(p)
+        for job_id, expired in expired_by_job.items():
             self._record_expired(job_id, expired[0].enqueued_at, [p.item for p in expired])
-        return [p for p in items if statuses.get(p.job_id) not in TERMINAL | {None}]
+        return live
 
     def record_abandoned(self, prepared: Prepared, starts: int) -> None:
         """End an item that was started ``starts`` times without ever ending: each time its
