@@ -11,6 +11,9 @@ genq:celery:*                      kombu's queues and bookkeeping (via global_ke
 genq:celery:unacked         hash   delivery tag -> message a worker holds (kombu's ack emulation)
 genq:celery:unacked_index   zset   delivery tag -> lease time: renewed by the holder's heartbeat,
                                    requeued by any worker once older than GENQ_LEASE_S
+genq:celery:dead            list   DeadLetter JSON, newest first: messages no worker could use
+                                   (bounded to DEAD_LETTER_LIMIT entries)
+genq:notice:{name}          string a warning already shown once for this Redis (e.g. no AOF)
 """
 
 from __future__ import annotations
@@ -90,6 +93,17 @@ CELERY_UNACKED_MUTEX = "unacked_mutex"
 def celery_queue(queue: str) -> str:
     """Full name of a Celery queue's list (messages waiting for any worker)."""
     return celery_prefix() + queue
+
+
+def celery_dead() -> str:
+    """The dead-letter list: messages a worker refused (undecodable, foreign, not matching their
+    job), each with its reason. Under kombu's prefix, beside the queues, but never consumed."""
+    return celery_prefix() + "dead"
+
+
+def notice(name: str) -> str:
+    """Marks a one-time warning (``name``) as already given for this Redis."""
+    return namespace("notice", checked_id(name, "notice name"))
 
 
 def celery_unacked_index() -> str:

@@ -232,6 +232,9 @@ class ItemResult(BaseModel):
     error: ErrorInfo | None = None
     timing: Timing | None = None
     worker_id: str | None = None
+    # The item's own parameter overrides as submitted (None: it had none), so that a failed
+    # item can be submitted again as it was (`genq retry`).
+    params: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -277,12 +280,26 @@ class WorkerInfo(BaseModel):
     model: str
     device: str
     max_batch_size: int
+    queue: str = defaults.DEFAULT_QUEUE  # the Celery queue it consumes
     started_at: datetime
     last_seen: datetime
     batches: int = 0
     items: int = 0
     tokens: int = 0
     batch_sizes: dict[int, int] = Field(default_factory=dict)  # sequences per batch -> count
+
+
+class DeadLetter(BaseModel):
+    """A queue message no worker could use, kept (bounded) with why it was refused."""
+
+    at: datetime
+    reason: str  # one line: what was wrong with the message
+    queue: str
+    worker_id: str | None = None
+    task: str | None = None  # the task name the message asked for, when it had one
+    job_id: str | None = None  # the job it named, when it named one
+    message: str  # the raw message (its first DEAD_LETTER_MESSAGE_CHARS characters)
+    message_bytes: int  # the raw message's full size
 
 
 def utcnow() -> datetime:

@@ -43,6 +43,15 @@ DEFAULT_MAX_ITEMS_PER_JOB = 100_000
 DEFAULT_MAX_PROMPT_BYTES = 64 * 1024
 DEFAULT_MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
 MAX_EXPIRES_IN_S = 30 * 24 * 3600  # a job's deadline is at most this far away
+# A queue message bigger than this is refused by a worker unread (dead-lettered); producers cut
+# chunks well below it (CHUNK_MAX_BYTES of items per message).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHUNK_MAX_BYTES = 4 * 1024 * 1024
+MAX_CHUNK_ITEMS = 4_096  # items one message may carry (GENQ_CHUNK_SIZE's upper bound)
+
+# --- Dead letters: messages no worker could use --------------------------------------------------
+DEAD_LETTER_LIMIT = 1_000  # the newest this many are kept
+DEAD_LETTER_MESSAGE_CHARS = 8_192  # of each refused message, this much is kept
 
 # --- Lifetimes ---------------------------------------------------------------------------------
 DEFAULT_RESULT_TTL_S = 7 * 24 * 3600  # job record and results expire this long after the job ends
@@ -90,7 +99,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
     max_batch_tokens: int | None = Field(None, ge=16)  # None: by device, see below
     max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)
-    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=4096)
+    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_ITEMS)
     max_items_per_job: int = Field(DEFAULT_MAX_ITEMS_PER_JOB, ge=1)
     max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1)
     max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)

@@ -18,6 +18,7 @@ from pydantic import TypeAdapter, ValidationError
 from genq import keyspace, scripts
 from genq.errors import DurabilityError, JobNotFoundError
 from genq.schema import (
+    DeadLetter,
     GenerationParams,
     ItemResult,
     JobInfo,
@@ -26,7 +27,12 @@ from genq.schema import (
     WorkerInfo,
     from_epoch,
 )
-from genq.settings import DEFAULT_UNFINISHED_TTL_S, WORKER_RECORD_TTL_S, WORKER_TTL_FACTOR
+from genq.settings import (
+    DEAD_LETTER_LIMIT,
+    DEFAULT_UNFINISHED_TTL_S,
+    WORKER_RECORD_TTL_S,
+    WORKER_TTL_FACTOR,
+)
 
 _METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
 
@@ -254,6 +260,39 @@ class JobStore:
                 self._record(keys=keys, args=args, client=pipe)
             counts = pipe.execute()
         return dict(zip(jobs, (int(c) for c in counts), strict=False))
+
+    # --- dead letters -----------------------------------------------------------------------
+    def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a refused message (newest first), bounded to DEAD_LETTER_LIMIT entries."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(keyspace.celery_dead(), letter.model_dump_json())
+            pipe.ltrim(keyspace.celery_dead(), 0, DEAD_LETTER_LIMIT - 1)
+            pipe.execute()
+
+    def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """Refused messages, newest first (entries another version wrote unreadably skipped)."""
+        raw: list[str] = self.redis.lrange(  # type: ignore[assignment]
+            keyspace.celery_dead(), offset, offset + limit - 1
+        )
+        out = []
+        for value in raw:
+            try:
+                out.append(DeadLetter.model_validate_json(value))
+            except ValidationError:
+                continue
+        return out
+
+    def dead_letter_count(self) -> int:
+        count: int = self.redis.llen(keyspace.celery_dead())  # type: ignore[assignment]
+        return count
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many there were."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.llen(keyspace.celery_dead())
+            pipe.delete(keyspace.celery_dead())
+            count, _ = pipe.execute()
+        return int(count)
 
     # --- workers --------------------------------------------------------------------------
     def register_worker(self, info: WorkerInfo, heartbeat_s: float) -> None:

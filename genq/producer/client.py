@@ -29,6 +29,7 @@ from genq.errors import (
     WaitTimeoutError,
 )
 from genq.schema import (
+    DeadLetter,
     GenerationParams,
     ItemResult,
     JobInfo,
@@ -233,6 +234,15 @@ class Client:
     def workers(self) -> list[WorkerInfo]:
         """Live workers and their counters (batch sizes included)."""
         return self._guard(lambda: self.store.workers(self.settings.heartbeat_s))
+
+    def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """Queue messages workers refused (undecodable, foreign, not matching their job), newest
+        first, each with its reason."""
+        return self._guard(lambda: self.store.dead_letters(offset, limit))
+
+    def purge_dead_letters(self) -> int:
+        """Delete every dead letter; return how many there were."""
+        return self._guard(self.store.purge_dead_letters)
 
     def _guard(self, call: Callable[[], T]) -> T:
         try:

@@ -329,6 +329,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         model=engine.model_name,
         device=engine.device,
         max_batch_size=settings.max_batch_size,
+        queue=settings.queue,
         started_at=utcnow(),
         last_seen=utcnow(),
     )
