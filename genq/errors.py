@@ -62,3 +62,12 @@ class WorkerCrashedError(GenqError):
 
 class EmbeddedServerError(GenqError):
     """The embedded Redis-compatible server (``genq run``) could not start."""
+
+
+class RefusedMessageError(GenqError):
+    """A queue message a worker cannot use (unreadable, not genq's, or not matching its job's
+    record): it goes to the dead-letter list (`genq dead`), and no job is changed."""
+
+
+class IdempotencyConflictError(InvalidJobError):
+    """An idempotency key already names a job with different content; nothing was enqueued."""

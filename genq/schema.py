@@ -6,7 +6,9 @@ come back through ``model_validate_json``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any, Literal
@@ -133,17 +135,24 @@ class JobSpec(BaseModel):
             )
         return self
 
-    def work_items(self) -> list[WorkItem]:
-        """Each item with its identity and its fully merged parameters, as a worker gets it."""
-        return [
-            WorkItem(
-                index=index,
-                custom_id=item.custom_id if item.custom_id is not None else str(index),
-                prompt=item.prompt,
-                params=self.params.with_overrides(item.params),
-            )
-            for index, item in enumerate(self.items)
-        ]
+    def fingerprint(self) -> str:
+        """A digest of everything the job asks for (its idempotency key aside): two submits
+        with one key must carry the same fingerprint."""
+        content = self.model_dump_json(exclude={"idempotency_key"})
+        return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+
+    def messages(self, job_id: str, enqueued_at: float, max_items: int) -> list[str]:
+        """The job's queue messages: chunks of at most ``max_items`` items and about
+        CHUNK_MAX_BYTES of JSON each, serialised (see :class:`WorkChunk`)."""
+        return chunk_messages(
+            job_id,
+            enqueued_at,
+            [
+                ChunkItem(index=i, prompt=item.prompt, custom_id=item.custom_id, params=item.params)
+                for i, item in enumerate(self.items)
+            ],
+            max_items,
+        )
 
 
 def duplicate_custom_ids(items: list[JobItem]) -> list[tuple[int, int, str]]:
@@ -159,8 +168,30 @@ def duplicate_custom_ids(items: list[JobItem]) -> list[tuple[int, int, str]]:
     return duplicates
 
 
+class ChunkItem(BaseModel):
+    """One item as a queue message carries it: only what differs between items. The job's
+    default parameters live once, in its record; the worker merges them (:meth:`resolve`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0, strict=True)
+    prompt: str = Field(min_length=1)
+    custom_id: str | None = Field(None, min_length=1, max_length=defaults.MAX_CUSTOM_ID_CHARS)
+    params: dict[str, Any] | None = None  # the item's own overrides of the job's defaults
+
+    def resolve(self, job_params: GenerationParams) -> WorkItem:
+        """The item with its identity and merged parameters (ValidationError if they are bad)."""
+        return WorkItem(
+            index=self.index,
+            custom_id=self.custom_id if self.custom_id is not None else str(self.index),
+            prompt=self.prompt,
+            params=job_params.with_overrides(self.params),
+            overrides=self.params or None,
+        )
+
+
 class WorkItem(BaseModel):
-    """One item as the worker receives it: identity, prompt and fully merged parameters."""
+    """One item as the worker runs it: identity, prompt and fully merged parameters."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -168,16 +199,42 @@ class WorkItem(BaseModel):
     custom_id: str
     prompt: str
     params: GenerationParams
+    overrides: dict[str, Any] | None = None  # as submitted, for the result (and `genq retry`)
 
 
 class WorkChunk(BaseModel):
-    """The body of one Celery message: several items of one job."""
+    """The body of one Celery message: several items of one job (:func:`chunk_messages`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     job_id: str = Field(pattern=keyspace.ID_PATTERN)
-    enqueued_at: float
-    items: list[WorkItem] = Field(min_length=1)
+    enqueued_at: float = Field(allow_inf_nan=False)
+    items: list[ChunkItem] = Field(min_length=1, max_length=defaults.MAX_CHUNK_ITEMS)
+
+
+def chunk_messages(
+    job_id: str, enqueued_at: float, items: Sequence[ChunkItem], max_items: int
+) -> list[str]:
+    """Serialised :class:`WorkChunk` messages holding ``items`` in order: at most ``max_items``
+    each, and a new message once one holds CHUNK_MAX_BYTES of item JSON (one item at least).
+
+    Items are serialised one by one so that each message's size is known exactly; the envelope
+    around them is the WorkChunk's three fields (a test checks they round-trip).
+    """
+    head = f'{{"job_id":{json.dumps(job_id)},"enqueued_at":{enqueued_at!r},"items":['
+    messages: list[str] = []
+    parts: list[str] = []
+    size = 0
+    for item in items:
+        text = item.model_dump_json(exclude_none=True)
+        if parts and (len(parts) >= max_items or size + len(text) > defaults.CHUNK_MAX_BYTES):
+            messages.append(head + ",".join(parts) + "]}")
+            parts, size = [], 0
+        parts.append(text)
+        size += len(text) + 1
+    if parts:
+        messages.append(head + ",".join(parts) + "]}")
+    return messages
 
 
 class ItemErrorType(str, Enum):

@@ -26,14 +26,28 @@ local function expire_if_due()
 end
 """
 
+# An item index given as text is one of the job's when it is a whole number in 0..total-1.
+_VALID_INDEX = """
+local function valid_index(text, total)
+  local index = tonumber(text)
+  return index ~= nil and index >= 0 and index < total and index % 1 == 0
+end
+"""
+
 # KEYS: job, results, attempts. ARGV: now, ttl_s, then (index, ok, json) triples.
-# Returns the number of results that were new; -1 when the job no longer exists.
-RECORD = f"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+# Returns {results that were new, results refused (index outside 0..total-1)}; {-1, 0} when the
+# job no longer exists.
+RECORD = (
+    _VALID_INDEX
+    + f"""
+if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
 local terminal = {_TERMINAL}
-local new_ok, new_failed = 0, 0
+local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
+local new_ok, new_failed, refused = 0, 0, 0
 for i = 3, #ARGV, 3 do
-  if redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
+  if not valid_index(ARGV[i], total) then
+    refused = refused + 1
+  elseif redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
     if ARGV[i + 1] == '1' then new_ok = new_ok + 1 else new_failed = new_failed + 1 end
   end
 end
@@ -44,7 +58,7 @@ if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
   status = 'running'
 end
-if status == 'running' and completed + failed >= tonumber(redis.call('HGET', KEYS[1], 'total')) then
+if status == 'running' and completed + failed >= total then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
   status = 'completed'
 end
@@ -57,16 +71,24 @@ else
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-return new_ok + new_failed
+return {{new_ok + new_failed, refused}}
 """
+)
 
-# KEYS: job, results, attempts. ARGV: now, ttl_s, then item indexes. Moves a queued job to running;
-# returns {status or false, indexes that already have a result}.
+# KEYS: job, results, attempts. ARGV: now, ttl_s, then a message's item indexes. Returns
+# {status or false, total, the job's default params (JSON), indexes that already have a result,
+# the first index that is not one of the job's or false}. A message with such an index changes
+# nothing; otherwise a queued job moves to running.
 ADMIT = (
     _EXPIRE_IF_DUE
+    + _VALID_INDEX
     + """
 local status = expire_if_due()
-if not status then return {false, {}} end
+if not status then return {false, 0, '', {}, false} end
+local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+for i = 3, #ARGV do
+  if not valid_index(ARGV[i], total) then return {status, total, '', {}, ARGV[i]} end
+end
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
   status = 'running'
@@ -75,7 +97,7 @@ local done = {}
 for i = 3, #ARGV do
   if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then table.insert(done, tonumber(ARGV[i])) end
 end
-return {status, done}
+return {status, total, redis.call('HGET', KEYS[1], 'params') or '', done, false}
 """
 )
 

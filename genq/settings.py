@@ -43,10 +43,13 @@ DEFAULT_MAX_ITEMS_PER_JOB = 100_000
 DEFAULT_MAX_PROMPT_BYTES = 64 * 1024
 DEFAULT_MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
 MAX_EXPIRES_IN_S = 30 * 24 * 3600  # a job's deadline is at most this far away
-# A queue message bigger than this is refused by a worker unread (dead-lettered); producers cut
-# chunks well below it (CHUNK_MAX_BYTES of items per message).
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-CHUNK_MAX_BYTES = 4 * 1024 * 1024
+MAX_PROMPT_BYTES_LIMIT = 1024 * 1024  # GENQ_MAX_PROMPT_BYTES may be raised up to this
+# A queue message bigger than this is refused by a worker unread (dead-lettered). Producers cut
+# messages at CHUNK_MAX_BYTES of item JSON; the envelope escapes that JSON again (at most 3x,
+# for non-ASCII text) and base64-encodes it (4/3), so even one item of the largest allowed
+# prompt stays well below the limit.
+MAX_MESSAGE_BYTES = 32 * 1024 * 1024
+CHUNK_MAX_BYTES = 1024 * 1024
 MAX_CHUNK_ITEMS = 4_096  # items one message may carry (GENQ_CHUNK_SIZE's upper bound)
 
 # --- Dead letters: messages no worker could use --------------------------------------------------
@@ -101,7 +104,7 @@ class Settings(BaseSettings):
     max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)
     chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_ITEMS)
     max_items_per_job: int = Field(DEFAULT_MAX_ITEMS_PER_JOB, ge=1)
-    max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1)
+    max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1, le=MAX_PROMPT_BYTES_LIMIT)
     max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)
     result_ttl_s: int = Field(DEFAULT_RESULT_TTL_S, ge=1)
     unfinished_ttl_s: int = Field(DEFAULT_UNFINISHED_TTL_S, ge=60)

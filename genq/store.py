@@ -7,6 +7,7 @@ written wins).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import redis
 from pydantic import TypeAdapter, ValidationError
 
 from genq import keyspace, scripts
-from genq.errors import DurabilityError, JobNotFoundError
+from genq.errors import DurabilityError, IdempotencyConflictError, JobNotFoundError
 from genq.schema import (
     DeadLetter,
     GenerationParams,
@@ -34,9 +35,22 @@ from genq.settings import (
     WORKER_TTL_FACTOR,
 )
 
+log = logging.getLogger(__name__)
+
 _METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
 
 _WORKER_COUNTERS = ("batches", "items", "tokens")
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What a job's record says about a message a worker received."""
+
+    status: JobStatus | None  # None: no such job
+    total: int  # the job's item count
+    params: GenerationParams | None  # the job's default parameters (None when refused)
+    done: set[int]  # the message's indexes that already have a result
+    bad_index: str | None  # the first index that is not the job's (nothing was changed)
 
 
 @dataclass(frozen=True)
@@ -121,19 +135,29 @@ class JobStore:
             )
         return True
 
-    def claim_idempotency_key(self, key: str, job_id: str) -> str | None:
-        """Bind ``key`` to ``job_id`` unless it is bound already; return the earlier job id.
+    def claim_idempotency_key(self, key: str, fingerprint: str, job_id: str) -> str | None:
+        """Bind ``key`` to ``job_id`` and the job's content ``fingerprint`` unless it is bound
+        already; return the earlier job id. A key bound to a job of other content raises
+        :class:`IdempotencyConflictError` (Stripe's rule: one key, one request).
 
         SET NX is the arbiter between concurrent submits; a key whose job has expired is
         bound afresh.
         """
         name = keyspace.idempotency(key)
-        if self.redis.set(name, job_id, nx=True, ex=self.unfinished_ttl_s):
+        binding = f"{fingerprint} {job_id}"
+        if self.redis.set(name, binding, nx=True, ex=self.unfinished_ttl_s):
             return None
         existing: str | None = self.redis.get(name)  # type: ignore[assignment]
-        if existing and self.redis.exists(keyspace.job(existing)):
-            return existing
-        self.redis.set(name, job_id, ex=self.unfinished_ttl_s)
+        earlier_fingerprint, _, earlier_id = (existing or "").rpartition(" ")
+        if earlier_id and self.redis.exists(keyspace.job(earlier_id)):
+            if earlier_fingerprint and earlier_fingerprint != fingerprint:
+                raise IdempotencyConflictError(
+                    f"idempotency key already used for job {earlier_id}, whose items or "
+                    "options differ from this submit's; use a new key for a different job "
+                    "(or submit exactly the same content to get that job's id back)"
+                )
+            return earlier_id
+        self.redis.set(name, binding, ex=self.unfinished_ttl_s)
         return None
 
     def get(self, job_id: str) -> JobInfo:
@@ -194,15 +218,23 @@ class JobStore:
             out[job_id] = JobStatus(status) if status else None
         return out
 
-    def admit(self, job_id: str, indexes: Sequence[int]) -> tuple[JobStatus | None, set[int]]:
-        """Mark the job running; return its status and which ``indexes`` already have a result.
+    def admit(self, job_id: str, indexes: Sequence[int]) -> Admission:
+        """Check a message's item ``indexes`` against the job's record and mark the job
+        running; return what the worker needs to run them (see :class:`Admission`).
 
-        One round trip: a worker calls it for every message it receives.
+        One round trip: a worker calls it for every message it receives. A message with an
+        index that is not one of the job's changes nothing.
         """
         keys = _job_keys(job_id)
         args: list[str | int] = [repr(time.time()), self.result_ttl_s, *indexes]
-        status, done = self._admit(keys=keys, args=args)
-        return (JobStatus(status) if status else None), {int(i) for i in done}
+        status, total, params, done, bad = self._admit(keys=keys, args=args)
+        return Admission(
+            status=JobStatus(status) if status else None,
+            total=int(total),
+            params=GenerationParams.model_validate_json(params) if params else None,
+            done={int(i) for i in done},
+            bad_index=None if bad is None else str(bad),
+        )
 
     def start(
         self, items: Mapping[str, Sequence[int]], retry: bool = False
@@ -258,8 +290,14 @@ class JobStore:
                     args += [result.index, "1" if result.ok else "0", result.model_dump_json()]
                 keys = _job_keys(job_id)
                 self._record(keys=keys, args=args, client=pipe)
-            counts = pipe.execute()
-        return dict(zip(jobs, (int(c) for c in counts), strict=False))
+            replies = pipe.execute()
+        counts: dict[str, int] = {}
+        for job_id, (new, refused) in zip(jobs, replies[-len(jobs) :] if jobs else [], strict=True):
+            if int(refused):
+                # The worker checks every index when it admits a message; this is the last line.
+                log.error("job %s: %d result(s) refused: index outside the job", job_id, refused)
+            counts[job_id] = int(new)
+        return counts
 
     # --- dead letters -----------------------------------------------------------------------
     def add_dead_letter(self, letter: DeadLetter) -> None:

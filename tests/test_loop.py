@@ -88,7 +88,7 @@ def test_results_held_through_a_failed_write_are_written_without_new_work(
     spec = client.validate(["hello", "world"], {"max_new_tokens": 4})
     job_id = store.create_job(f"held-{time.time_ns()}", spec).id
     acked = threading.Event()
-    chunk = WorkChunk(job_id=job_id, enqueued_at=time.time(), items=spec.work_items())
+    chunk = WorkChunk.model_validate_json(spec.messages(job_id, time.time(), max_items=10)[0])
     ready = runner.admit(chunk)
     scheduler.add(Delivery("tag-1", job_id, len(ready), acked.set), ready)
     try:

@@ -31,7 +31,8 @@ def store(settings: Settings) -> JobStore:
 def chunk_for(client: Client, items: list[object], **params: object) -> tuple[str, WorkChunk]:
     spec = client.validate(items, params)  # type: ignore[arg-type]
     job_id = client.store.create_job("t" + str(time.time_ns()), spec).id
-    return job_id, WorkChunk(job_id=job_id, enqueued_at=time.time(), items=spec.work_items())
+    (message,) = spec.messages(job_id, time.time(), max_items=10**6)
+    return job_id, WorkChunk.model_validate_json(message)
 
 
 def test_prompt_too_long_for_the_context_fails_alone(

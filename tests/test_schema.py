@@ -15,7 +15,7 @@ from genq.schema import (
     JobStatus,
     WorkChunk,
 )
-from genq.settings import DEFAULT_MAX_NEW_TOKENS
+from genq.settings import CHUNK_MAX_BYTES, DEFAULT_MAX_NEW_TOKENS
 
 
 def test_defaults_follow_the_seed_tutorial_sampling() -> None:
@@ -91,22 +91,39 @@ def test_default_custom_id_is_the_index_and_counts_for_uniqueness() -> None:
         )
 
 
-def test_work_items_carry_identity_and_merged_params() -> None:
+def test_messages_carry_only_what_differs_and_workers_merge_the_jobs_defaults() -> None:
+    defaults = GenerationParams(max_new_tokens=7, stop=("###",))
     spec = JobSpec(
         items=[JobItem(prompt="a"), JobItem(prompt="b", custom_id="b", params={"top_k": 3})],
-        params=GenerationParams(max_new_tokens=7),
+        params=defaults,
     )
-    work = spec.work_items()
+    (message,) = spec.messages("j", 1.0, max_items=16)
+    assert "max_new_tokens" not in message and "###" not in message  # defaults: job record
+    work = [item.resolve(defaults) for item in WorkChunk.model_validate_json(message).items]
     assert [(w.index, w.custom_id) for w in work] == [(0, "0"), (1, "b")]
-    assert work[1].params.top_k == 3
-    assert work[1].params.max_new_tokens == 7
+    assert (work[1].params.top_k, work[1].params.max_new_tokens) == (3, 7)
+    assert work[1].params.stop == ("###",)
+    assert (work[0].overrides, work[1].overrides) == (None, {"top_k": 3})
+
+
+def test_messages_are_cut_by_item_count_and_by_bytes() -> None:
+    spec = JobSpec(items=[JobItem(prompt="p" * 60_000) for _ in range(40)])
+    messages = spec.messages("j", 1.0, max_items=16)
+    chunks = [WorkChunk.model_validate_json(m) for m in messages]
+    assert [i.index for c in chunks for i in c.items] == list(range(40))
+    assert all(len(m) <= CHUNK_MAX_BYTES + 200 for m in messages)
+    assert len(chunks) == 3  # 17 items of 60 KB make a MiB: bytes cut before the count
+    assert len(JobSpec(items=[JobItem(prompt="x")] * 40).messages("j", 1.0, 16)) == 3
 
 
 def test_messages_round_trip_through_json() -> None:
-    spec = JobSpec(items=[JobItem(prompt='人工智能 🚀 "q"\n')])
-    chunk = WorkChunk(job_id="j", enqueued_at=1.0, items=spec.work_items())
-    assert WorkChunk.model_validate_json(chunk.model_dump_json()) == chunk
-    result = ItemResult(custom_id="0", index=0, prompt="p", outputs=["o"])
+    spec = JobSpec(items=[JobItem(prompt='人工智能 🚀 "q"\n', custom_id="c\\1")])
+    (message,) = spec.messages("j1", 1.25, max_items=16)
+    chunk = WorkChunk.model_validate_json(message)
+    assert (chunk.job_id, chunk.enqueued_at) == ("j1", 1.25)
+    assert chunk.items[0].prompt == '人工智能 🚀 "q"\n'
+    assert chunk.items[0].custom_id == "c\\1"
+    result = ItemResult(custom_id="0", index=0, prompt="p", outputs=["o"], params={"top_k": 2})
     assert ItemResult.model_validate_json(result.model_dump_json()) == result
 
 

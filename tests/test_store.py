@@ -11,7 +11,7 @@ from conftest import RedisProcess, valkey_binary
 
 from genq import keyspace
 from genq.connection import connect
-from genq.errors import JobNotFoundError
+from genq.errors import IdempotencyConflictError, JobNotFoundError
 from genq.producer.client import Client, new_job_id
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
@@ -110,9 +110,35 @@ def test_unknown_job_says_it_may_have_expired(store: JobStore) -> None:
 def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) -> None:
     job_id = make_job(store, 3)
     store.record({job_id: [result(1)]})
-    assert store.admit(job_id, [0, 1, 2]) == (JobStatus.RUNNING, {1})
+    admission = store.admit(job_id, [0, 1, 2])
+    assert (admission.status, admission.total, admission.done) == (JobStatus.RUNNING, 3, {1})
+    assert admission.params is not None and admission.bad_index is None
     assert store.get(job_id).started_at is not None
-    assert store.admit("f" * 32, [0]) == (None, set())
+    assert store.admit("f" * 32, [0]).status is None
+
+
+@pytest.mark.parametrize("index", [3, -1, 10**12])
+def test_a_message_with_an_index_outside_its_job_changes_nothing(
+    store: JobStore, index: int
+) -> None:
+    job_id = make_job(store, 3)
+    admission = store.admit(job_id, [0, index])
+    assert (admission.status, admission.bad_index) == (JobStatus.QUEUED, str(index))
+    assert store.get(job_id).started_at is None
+
+
+def test_the_results_script_refuses_an_index_outside_the_job(store: JobStore) -> None:
+    job_id = make_job(store, 1)
+    assert store.record({job_id: [result(0), result(31), result(-1)]}) == {job_id: 1}
+    info = store.get(job_id)
+    assert (info.status, info.completed, info.failed) == (JobStatus.COMPLETED, 1, 0)
+    assert store.redis.hkeys(keyspace.results(job_id)) == ["0"]
+
+
+def test_record_reports_new_results_per_job_alongside_batch_counters(store: JobStore) -> None:
+    a, b = make_job(store, 2), make_job(store, 2)
+    batch = BatchStats("w-record", sequences=3, items=3, tokens=9)
+    assert store.record({a: [result(0), result(1)], b: [result(0)]}, batch) == {a: 2, b: 1}
 
 
 def test_a_heartbeat_never_recreates_a_removed_worker(store: JobStore) -> None:
@@ -123,11 +149,20 @@ def test_a_heartbeat_never_recreates_a_removed_worker(store: JobStore) -> None:
 def test_an_idempotency_key_whose_job_expired_binds_afresh(store: JobStore) -> None:
     job_id = make_job(store, 1)
     key = f"k-{job_id}"
-    assert store.claim_idempotency_key(key, job_id) is None
-    assert store.claim_idempotency_key(key, "other") == job_id
+    assert store.claim_idempotency_key(key, "fp", job_id) is None
+    assert store.claim_idempotency_key(key, "fp", "other") == job_id
     store.redis.delete(keyspace.job(job_id))
-    assert store.claim_idempotency_key(key, "newer") is None
-    assert store.redis.get(keyspace.idempotency(key)) == "newer"
+    assert store.claim_idempotency_key(key, "fp2", "newer") is None
+    assert store.redis.get(keyspace.idempotency(key)) == "fp2 newer"
+
+
+def test_an_idempotency_key_reused_for_other_content_is_refused(store: JobStore) -> None:
+    job_id = make_job(store, 1)
+    key = f"k2-{job_id}"
+    assert store.claim_idempotency_key(key, "aaaa", job_id) is None
+    with pytest.raises(IdempotencyConflictError, match=f"already used for job {job_id}"):
+        store.claim_idempotency_key(key, "bbbb", "other")
+    assert store.claim_idempotency_key(key, "aaaa", "again") == job_id
 
 
 def test_a_submit_waits_until_the_append_only_file_holds_the_job(tmp_path: Path) -> None:
@@ -156,7 +191,8 @@ def test_a_job_past_its_deadline_turns_expired_when_read(store: JobStore) -> Non
     time.sleep(0.3)
     info = store.get(job_id)
     assert (info.status, info.finished_at is not None) == (JobStatus.EXPIRED, True)
-    assert store.admit(job_id, [0]) == (JobStatus.EXPIRED, set())
+    admission = store.admit(job_id, [0])
+    assert (admission.status, admission.done) == (JobStatus.EXPIRED, set())
     assert 0 < store.redis.ttl(keyspace.job(job_id)) <= TTL_S
 
 
@@ -164,7 +200,8 @@ def test_admitting_a_message_after_the_deadline_expires_the_job(store: JobStore)
     job_id = new_job_id()
     store.create_job(job_id, JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.1))
     time.sleep(0.2)
-    assert store.admit(job_id, [0]) == (JobStatus.EXPIRED, set())
+    admission = store.admit(job_id, [0])
+    assert (admission.status, admission.done) == (JobStatus.EXPIRED, set())
 
 
 def test_a_worker_record_lost_in_an_outage_comes_back_with_its_counters(store: JobStore) -> None:

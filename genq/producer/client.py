@@ -35,7 +35,6 @@ from genq.schema import (
     JobInfo,
     JobItem,
     JobSpec,
-    WorkChunk,
     WorkerInfo,
     duplicate_custom_ids,
 )
@@ -128,29 +127,36 @@ class Client:
         return validate_job(items, params, self.settings, metadata=metadata, labels=labels)
 
     def submit_spec(self, spec: JobSpec) -> str:
-        """Enqueue an already validated :class:`JobSpec`; return the job id."""
-        work = spec.work_items()
+        """Enqueue an already validated :class:`JobSpec`; return the job id.
+
+        A reused idempotency key returns its job's id if the content is the same, and raises
+        :class:`IdempotencyConflictError` if it is not.
+        """
         job_id = new_job_id()
+        now = time.time()
+        # Every message is serialised before anything is written: a job that could not be
+        # sent leaves nothing behind.
+        messages = spec.messages(job_id, now, self.settings.chunk_size)
         if spec.idempotency_key is not None:
-            key = spec.idempotency_key
-            earlier = self._guard(lambda: self.store.claim_idempotency_key(key, job_id))
+            key, fingerprint = spec.idempotency_key, spec.fingerprint()
+            earlier = self._guard(
+                lambda: self.store.claim_idempotency_key(key, fingerprint, job_id)
+            )
             if earlier is not None:
                 return earlier
         self._guard(lambda: self.store.create_job(job_id, spec))
-        now = time.time()
-        size = self.settings.chunk_size
         try:
             app = self.celery
             with app.producer_or_acquire() as producer:
-                for start in range(0, len(work), size):
-                    chunk = WorkChunk(
-                        job_id=job_id, enqueued_at=now, items=work[start : start + size]
-                    )
+                for body in messages:
                     app.send_task(
                         GENERATE_TASK,
-                        args=[chunk.model_dump_json()],
+                        args=[body],
                         queue=self.settings.queue,
                         producer=producer,
+                        # Celery repeats up to 1 KB of the arguments in a header for logs.
+                        argsrepr="",
+                        kwargsrepr="",
                     )
         except Exception as e:
             message = f"could not enqueue the job ({type(e).__name__}); submit it again"

@@ -26,11 +26,17 @@ from redis.exceptions import RedisError
 
 from genq.broker import GENERATE_TASK, celery_app
 from genq.connection import connect, explain_redis_error
-from genq.errors import RedisAccessError, WorkerConfigError, WorkerCrashedError
+from genq.errors import (
+    RedisAccessError,
+    RefusedMessageError,
+    WorkerConfigError,
+    WorkerCrashedError,
+)
 from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.settings import CONSUMER_STALL_S, Settings
 from genq.store import JobStore
 from genq.worker.engines import Engine, load_engine
+from genq.worker.guard import DeadLetters, guarded_consumer, guarded_transport, message_text
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
 from genq.worker.runner import BatchRunner
 from genq.worker.scheduler import Delivery, Scheduler
@@ -108,10 +114,34 @@ class FlowControl:
             self.consumer.call_soon(orphan)
 
 
-def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celery:
-    """The worker's Celery app: genq's task admits each message into the loop's scheduler."""
+def read_chunk(payload: Any) -> WorkChunk:
+    """The work chunk in a genq.generate message body (Celery protocol 2: ``[args, kwargs,
+    embed]``); :class:`RefusedMessageError` when the body holds none."""
+    args = payload[0] if isinstance(payload, list | tuple) and payload else None
+    if not (isinstance(args, list | tuple) and len(args) == 1 and isinstance(args[0], str)):
+        raise RefusedMessageError(
+            "the body is not a genq.generate call: expected one argument, a work chunk (JSON)"
+        )
+    try:
+        return WorkChunk.model_validate_json(args[0])
+    except ValidationError as e:
+        problem = e.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in problem["loc"])
+        raise RefusedMessageError(
+            f"not a work chunk of this genq version ({where + ': ' if where else ''}"
+            f"{problem['msg']}); producers and workers must run the same genq version"
+        ) from None
+
+
+def create_app(
+    settings: Settings, loop: EngineLoop, flow: FlowControl, dead: DeadLetters
+) -> Celery:
+    """The worker's Celery app: genq's task admits each message into the loop's scheduler;
+    every message it cannot use is refused into ``dead`` (see :mod:`genq.worker.guard`)."""
     runner, scheduler = loop.runner, loop.scheduler
     app = celery_app(settings)
+    app.conf.broker_transport = guarded_transport(dead)
+    app.conf.worker_consumer = guarded_consumer(dead)
     app.conf.worker_prefetch_multiplier = 1  # FlowControl moves the window from there
     # genq's messages never run as Celery tasks (the engine loop runs them), so there is
     # nothing for this to cancel; set it to silence Celery's warning on every reconnection.
@@ -140,25 +170,17 @@ def create_app(settings: Settings, loop: EngineLoop, flow: FlowControl) -> Celer
             def on_message(
                 message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
             ) -> None:
-                # Decoding checks the content type: a pickled message raises
-                # ContentDisallowed here, which Celery logs and rejects, never unpickling it.
-                payload = message.payload if body is None else body
-                raw: Any = None
+                chunk: WorkChunk | None = None
                 try:
-                    args = payload["args"] if isinstance(payload, dict) else payload[0]
-                    raw = args[0]
-                    chunk = WorkChunk.model_validate_json(raw)
-                except (ValidationError, IndexError, KeyError, TypeError, ValueError) as e:
-                    log.error(
-                        "dropping malformed message %s: %s",
-                        message.headers.get("id") if message.headers else "?",
-                        e,
-                    )
-                    runner.fail_unreadable(raw, e)
-                    reject(log, errors)
-                    return
-                try:
+                    # Decoding checks the content type: a pickled message raises
+                    # ContentDisallowed here, which the guarded consumer refuses, unread.
+                    chunk = read_chunk(message.payload if body is None else body)
                     ready = runner.admit(chunk)
+                except RefusedMessageError as e:
+                    job_id = chunk.job_id if chunk is not None else None
+                    dead.refuse(message_text(message), str(e), task=GENERATE_TASK, job_id=job_id)
+                    acknowledge(message)
+                    return
                 except RedisError as e:
                     # Redis is away or read-only (failover): hand the message back for later.
                     log.warning("could not admit message (%s); requeueing it", e)
@@ -320,7 +342,8 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     if loop.failure is not None:
         raise loop.failure
     flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
-    app = create_app(settings, loop, flow)
+    dead = DeadLetters(store, worker_id, settings.queue)
+    app = create_app(settings, loop, flow, dead)
     info = WorkerInfo(
         id=worker_id,
         hostname=socket.gethostname(),
@@ -360,7 +383,10 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         "--loglevel=INFO",
         *celery_args,
     ]
+    controllers: list[Any] = []  # Celery's WorkController, to read its exit code
+    signals.worker_init.connect(lambda sender, **_: controllers.append(sender), weak=False)
     try:
+        # worker_main swallows the exit status Celery's worker ends with: read it below.
         app.worker_main(argv)
     finally:
         heartbeat.stop()
@@ -375,3 +401,9 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
             f"the engine loop failed ({type(loop.failure).__name__}: {loop.failure}); the "
             "worker stopped and its unfinished messages went back to the queue"
         ) from loop.failure
+    exitcode = controllers[-1].exitcode if controllers else None
+    if exitcode:
+        raise WorkerCrashedError(
+            f"the Celery worker stopped on an unrecoverable error (status {exitcode}; see the "
+            "log above); its unfinished messages go back to the queue"
+        )

@@ -11,17 +11,18 @@ memory also halves the batch, and halves the worker's token budget for a while.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from genq import keyspace
+from pydantic import ValidationError
+
+from genq.errors import RefusedMessageError
 from genq.schema import (
     TERMINAL,
     ErrorInfo,
+    GenerationParams,
     ItemErrorType,
     ItemResult,
     JobStatus,
@@ -64,24 +65,40 @@ class BatchRunner:
     def admit(self, chunk: WorkChunk) -> list[Prepared]:
         """The chunk's items that still need generating, tokenised and checked.
 
-        Items that cannot run (too long for the context, ...) get their error result here.
+        Items that cannot run (too long for the context, ...) get their error result here. A
+        chunk that does not match its job's record (no such job, an index outside the job, a
+        prompt past the limit, bad parameters) raises :class:`RefusedMessageError`, and
+        nothing of the job changes.
         """
-        status, done = self.store.admit(chunk.job_id, [item.index for item in chunk.items])
+        self._check_limits(chunk)
+        admission = self.store.admit(chunk.job_id, [item.index for item in chunk.items])
+        if admission.status is None:
+            raise RefusedMessageError(
+                f"it names job {chunk.job_id}, which does not exist (never submitted to this "
+                "Redis, or expired after its TTL)"
+            )
+        if admission.bad_index is not None or admission.params is None:
+            raise RefusedMessageError(
+                f"item index {admission.bad_index} is not one of job {chunk.job_id}'s "
+                f"{admission.total} items (0..{admission.total - 1})"
+            )
+        try:
+            items = [c.resolve(admission.params) for c in chunk.items]
+        except ValidationError as e:
+            raise RefusedMessageError(
+                f"an item's params do not validate with the job's ({_first_problem(e)})"
+            ) from e
+        status, done = admission.status, admission.done
         if status is JobStatus.EXPIRED:
             self._record_expired(
-                chunk.job_id, chunk.enqueued_at, [i for i in chunk.items if i.index not in done]
+                chunk.job_id, chunk.enqueued_at, [i for i in items if i.index not in done]
             )
-        if status is None or status in TERMINAL:
-            log.info(
-                "skipping %d item(s) of job %s (%s)",
-                len(chunk.items),
-                chunk.job_id,
-                status.value if status else "gone",
-            )
+        if status in TERMINAL:
+            log.info("skipping %d item(s) of job %s (%s)", len(items), chunk.job_id, status.value)
             return []
         ready: list[Prepared] = []
         rejected: list[ItemResult] = []
-        for item in chunk.items:
+        for item in items:
             if item.index in done:
                 continue
             started = time.time()
@@ -95,21 +112,27 @@ class BatchRunner:
             self.store.record({chunk.job_id: rejected})
         return ready
 
-    def fail_unreadable(self, raw: Any, error: Exception) -> None:
-        """A message whose body (``raw``: its JSON text, or None if it has none) is not a valid
-        work chunk: fail its job, if it names one, rather than leave the job waiting forever
-        for items no worker can read."""
-        try:
-            job_id = keyspace.checked_id(str(json.loads(raw)["job_id"]))
-            reason = str(error).splitlines()[0][:200]
-            info = self.store.fail(
-                job_id,
-                f"a message of this job could not be read by worker {self.worker_id} "
-                f"({reason}); producers and workers must run the same genq version",
-            )
-            log.error("job %s marked %s: one of its messages was unreadable", job_id, info.status)
-        except Exception:  # nothing names a job (or Redis is away): the message is just dropped
-            return
+    def _check_limits(self, chunk: WorkChunk) -> None:
+        """Refuse a chunk no producer would send: limits mirror the producer's validation."""
+        limit = self.settings.max_prompt_bytes
+        seen: set[int] = set()
+        for item in chunk.items:
+            if item.index in seen:
+                raise RefusedMessageError(f"item index {item.index} appears twice in the message")
+            seen.add(item.index)
+            if item.params:
+                try:  # alone, before the job is touched; merged with the job's defaults later
+                    GenerationParams.model_validate(item.params)
+                except ValidationError as e:
+                    raise RefusedMessageError(
+                        f"item {item.index}'s params do not validate ({_first_problem(e)})"
+                    ) from e
+            size = len(item.prompt.encode("utf-8", "surrogatepass"))
+            if size > limit:
+                raise RefusedMessageError(
+                    f"item {item.index}'s prompt is {size} bytes, over this worker's limit of "
+                    f"{limit} (GENQ_MAX_PROMPT_BYTES: set the same on producers and workers)"
+                )
 
     def run(self, batch: Sequence[Prepared], checked: bool = False) -> list[Prepared]:
         """Generate for one batch and record its results; items of ended jobs are skipped
@@ -343,4 +366,11 @@ class BatchRunner:
             prompt=item.prompt,
             timing=Timing(enqueued_at=enqueued_at, started_at=started, finished_at=time.time()),
             worker_id=self.worker_id,
+            params=item.overrides,
         )
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else str(problem["msg"])

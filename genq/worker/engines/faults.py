@@ -30,6 +30,10 @@ class InjectedOutOfMemory(InjectedFault):
         super().__init__(f"CUDA out of memory (injected: a batch of {rows} rows)")
 
 
+class InjectedCrash(BaseException):
+    """A bug in the engine loop itself (not a per-item failure): the worker must stop."""
+
+
 class FaultPlan(BaseModel):
     """Which items fail, and how. Markers are matched as substrings of the prompt."""
 
@@ -41,6 +45,7 @@ class FaultPlan(BaseModel):
     oom_above_rows: int = Field(1, ge=0)  # ...when the batch has more rows than this
     delay_s: float = Field(0.0, ge=0)  # every generate call / decode step takes this much longer
     die_on: list[str] = Field(default_factory=list)  # the process is SIGKILLed on these items
+    crash_on: list[str] = Field(default_factory=list)  # the engine loop itself fails on these
 
 
 class FaultyEngine:
@@ -74,6 +79,8 @@ class FaultyEngine:
         if any(self._marked(p, self.plan.die_on) for p in batch):
             # A crash no exception handler sees, as a CUDA fault or the OOM killer would be.
             os.kill(os.getpid(), signal.SIGKILL)
+        if any(self._marked(p, self.plan.crash_on) for p in batch):
+            raise InjectedCrash(f"injected engine-loop crash on a batch of {rows} rows")
         if rows > self.plan.oom_above_rows and any(
             self._marked(p, self.plan.oom_on) for p in batch
         ):
