@@ -10,7 +10,12 @@ import time
 import pytest
 
 from genq import keyspace
-from genq.errors import InvalidJobError, JobNotFoundError, WaitTimeoutError
+from genq.errors import (
+    IdempotencyConflictError,
+    InvalidJobError,
+    JobNotFoundError,
+    WaitTimeoutError,
+)
 from genq.producer.client import Client
 from genq.settings import Settings, redact_url
 
@@ -104,3 +109,28 @@ def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
     assert client.store.redis.llen(keyspace.celery_queue("nobody-reads-this")) == queued
     assert queued > queued_before
     assert idle.submit(["a", "b"], idempotency_key=key + "-other") != first
+
+
+@pytest.mark.parametrize(
+    ("items", "params", "options"),
+    [
+        (["a", "c"], None, {}),  # another prompt
+        (["a", "b"], {"temperature": 0.5}, {}),  # other parameters
+        (["b", "a"], None, {}),  # the same prompts in another order
+        (["a", "b"], None, {"expires_in_s": 60}),  # another deadline
+    ],
+    ids=["prompt", "params", "order", "deadline"],
+)
+def test_an_idempotency_key_reused_for_a_different_job_is_refused_and_enqueues_nothing(
+    client: Client, items: list[str], params: dict[str, float] | None, options: dict[str, float]
+) -> None:
+    idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
+    key = f"conflict-{time.time_ns()}"
+    first = idle.submit(["a", "b"], idempotency_key=key)
+    jobs_before = client.store.redis.zcard(keyspace.jobs_index())
+    queued = client.store.redis.llen(keyspace.celery_queue("nobody-reads-this"))
+    with pytest.raises(IdempotencyConflictError, match=f"already used for job {first}"):
+        idle.submit(items, params, idempotency_key=key, **options)  # type: ignore[arg-type]
+    assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before
+    assert client.store.redis.llen(keyspace.celery_queue("nobody-reads-this")) == queued
+    assert idle.submit(["a", "b"], idempotency_key=key) == first  # the same content still works

@@ -33,7 +33,7 @@ from genq.errors import (
     WorkerCrashedError,
 )
 from genq.schema import WorkChunk, WorkerInfo, utcnow
-from genq.settings import CONSUMER_STALL_S, Settings
+from genq.settings import CONSUMER_STALL_S, Settings, redact_url
 from genq.store import JobStore
 from genq.worker.engines import Engine, load_engine
 from genq.worker.guard import DeadLetters, guarded_consumer, guarded_transport, message_text
@@ -300,16 +300,25 @@ class Heartbeat(threading.Thread):
 
 
 def check_redis(store: JobStore, redis_url: str) -> None:
-    """Fail at once, before loading a model, when Redis refuses genq (credentials, TLS): a
-    worker that retried forever would look alive and take no work. An unreachable Redis is
-    only logged: Celery keeps trying, so workers may start before Redis does."""
+    """Fail at once, before loading a model, when Redis refuses genq (credentials, TLS, no
+    such database, not a Redis at all): a worker that retried forever would look alive and take
+    no work. An unreachable Redis is only logged: Celery keeps trying, so workers may start
+    before Redis does. A Redis without an append-only file is worth one warning."""
     try:
         store.redis.ping()
+        append_only = store.append_only()
     except RedisError as e:
         problem = explain_redis_error(e, redis_url)
         if isinstance(problem, RedisAccessError):
             raise problem from e
         log.warning("%s; the worker keeps trying", problem or e)
+        return
+    if append_only is False:
+        log.warning(
+            "Redis at %s has no append-only file: if it restarts, every queued job and result "
+            "is lost (set appendonly yes; see docs/reliability.md)",
+            redact_url(redis_url),
+        )
 
 
 def check_celery_args(celery_args: Sequence[str]) -> None:
