@@ -71,3 +71,18 @@ class RefusedMessageError(GenqError):
 
 class IdempotencyConflictError(InvalidJobError):
     """An idempotency key already names a job with different content; nothing was enqueued."""
+
+
+class RedisUrlError(ConfigError):
+    """GENQ_REDIS_URL cannot be used as written (a scheme genq does not know, a password with
+    characters that must be percent-encoded, a database that is not a number): found in the
+    URL's text, before anything connects."""
+
+
+class JobVanishedError(JobNotFoundError):
+    """A job that was being waited on is no longer in Redis: Redis lost its data (it restarted
+    without an append-only file, or was flushed). The job must be submitted again."""
+
+
+class JobNotFinishedError(GenqError):
+    """The operation needs a job that has ended (e.g. `genq retry`), and it is still running."""

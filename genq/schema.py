@@ -11,9 +11,19 @@ import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from genq import keyspace
 from genq import settings as defaults
@@ -37,6 +47,78 @@ UNFINISHED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
 FinishReason = Literal["length", "stop", "eos"]
 
+SHOWN_CHARS = 40  # of a bad value, error messages show this much
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message shows it: JSON spelling for JSON values (``true``,
+    ``null``, ``"12"``), a kind for containers, shortened, and printable whatever it holds
+    (a lone surrogate or a control character appears escaped)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        text = repr(value)
+        if isinstance(value, int) and len(text) > SHOWN_CHARS:
+            return f"an integer of {len(text)} digits"
+        return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}.get(text, text)
+    if isinstance(value, str):
+        # JSON escapes quotes and C0 controls; the rest that would not print as itself (a lone
+        # surrogate, NEL, U+2028, which also end a line for str.splitlines) is escaped here.
+        text = "".join(
+            c if c.isprintable() else f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}"
+            for c in json.dumps(value[:SHOWN_CHARS], ensure_ascii=False)
+        )
+        return text[:-1] + '..."' if len(value) > SHOWN_CHARS else text
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return f"a {type(value).__name__}"
+
+
+def _valid_unicode(value: Any) -> Any:
+    # A lone surrogate (JSON "\ud800", or an undecodable byte in a command-line argument) is a
+    # str to Python but no UTF-8 encoder can write it: it would fail in Redis or Celery later.
+    # Checked before the str validation, which would call it "unable to parse raw data".
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PydanticCustomError(
+                "lone_surrogate",
+                "contains a lone surrogate ({char}) at character {at}; text must be valid Unicode",
+                {"char": f"\\u{ord(value[e.start]):04x}", "at": e.start},
+            ) from None
+    return value
+
+
+# Every user-given string: a real str (no number read as text) that can be written as UTF-8.
+# NUL and other control characters are valid Unicode and serialise (JSON escapes them), so
+# they are accepted; the model sees them as any other character. Length limits go inside the
+# Annotated (StringConstraints), so that they keep pydantic's "String should have at most N
+# characters" wherever the type is nested (Optional, dict keys).
+Text = Annotated[str, Strict(), BeforeValidator(_valid_unicode)]
+CustomId = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=defaults.MAX_CUSTOM_ID_CHARS),
+    BeforeValidator(_valid_unicode),
+]
+MetadataKey = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=defaults.MAX_METADATA_KEY_CHARS),
+    BeforeValidator(_valid_unicode),
+]
+MetadataValue = Annotated[
+    str,
+    StringConstraints(strict=True, max_length=defaults.MAX_METADATA_VALUE_CHARS),
+    BeforeValidator(_valid_unicode),
+]
+IdempotencyKey = Annotated[
+    str,
+    StringConstraints(strict=True, min_length=1, max_length=defaults.MAX_IDEMPOTENCY_KEY_CHARS),
+    BeforeValidator(_valid_unicode),
+]
+
 
 class GenerationParams(BaseModel):
     """Generation parameters of one item (job defaults merged with the item's overrides).
@@ -45,35 +127,68 @@ class GenerationParams(BaseModel):
     into ``max_new_tokens`` once the prompt is tokenised. Give one of the two, not both.
     """
 
+    # Strict: a bool or a string is never read as a number (JSON `true` is not 1, "12" is not
+    # 12), a number never as a bool; an int is still a valid float. No NaN or Infinity.
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_new_tokens: int | None = Field(None, ge=1, le=defaults.MAX_NEW_TOKENS_LIMIT)
-    max_length: int | None = Field(None, ge=2, le=defaults.MAX_NEW_TOKENS_LIMIT * 2)
-    do_sample: bool = True
-    temperature: float = Field(defaults.DEFAULT_TEMPERATURE, gt=0.0, le=100.0)
-    top_k: int = Field(defaults.DEFAULT_TOP_K, ge=0, le=1_000_000)
-    top_p: float = Field(defaults.DEFAULT_TOP_P, gt=0.0, le=1.0)
-    num_return_sequences: int = Field(1, ge=1, le=defaults.MAX_RETURN_SEQUENCES)
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
-    stop: tuple[str, ...] = Field((), max_length=defaults.MAX_STOP_STRINGS)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    max_new_tokens: int | None = Field(None, strict=True, ge=1, le=defaults.MAX_NEW_TOKENS_LIMIT)
+    max_length: int | None = Field(None, strict=True, ge=2, le=defaults.MAX_NEW_TOKENS_LIMIT * 2)
+    do_sample: bool = Field(True, strict=True)
+    temperature: float = Field(
+        defaults.DEFAULT_TEMPERATURE, strict=True, allow_inf_nan=False, gt=0.0, le=100.0
+    )
+    top_k: int = Field(defaults.DEFAULT_TOP_K, strict=True, ge=0, le=1_000_000)
+    top_p: float = Field(defaults.DEFAULT_TOP_P, strict=True, allow_inf_nan=False, gt=0.0, le=1.0)
+    num_return_sequences: int = Field(1, strict=True, ge=1, le=defaults.MAX_RETURN_SEQUENCES)
+    repetition_penalty: float = Field(1.0, strict=True, allow_inf_nan=False, gt=0.0, le=10.0)
+    stop: tuple[Text, ...] = ()
+    seed: int | None = Field(None, strict=True, ge=0, le=2**63 - 1)
     # A prompt too long for the model's context with max_new_tokens: fail the item (default),
     # or keep its last tokens (the start of the prompt is dropped).
-    truncate: bool = False
+    truncate: bool = Field(False, strict=True)
 
     @field_validator("stop", mode="before")
     @classmethod
     def _stop_list(cls, value: Any) -> Any:
+        """One string or a list of at most MAX_STOP_STRINGS non-empty strings of at most
+        MAX_STOP_CHARS characters each (checked here, before anything copies them)."""
+        if value is None:
+            return ()
         if isinstance(value, str):
-            return (value,)
-        return value
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if any(s == "" for s in value):
-            raise ValueError("stop strings must not be empty")
-        return value
+            value = (value,)
+        if not isinstance(value, list | tuple):
+            raise PydanticCustomError(
+                "stop_type",
+                "expected a string or a list of strings, got {got}",
+                {"got": shown(value)},
+            )
+        if len(value) > defaults.MAX_STOP_STRINGS:
+            raise PydanticCustomError(
+                "too_many_stop_strings",
+                "{count} stop strings given; at most {limit} are allowed",
+                {"count": len(value), "limit": defaults.MAX_STOP_STRINGS},
+            )
+        for position, stop in enumerate(value):
+            if not isinstance(stop, str):
+                raise PydanticCustomError(
+                    "stop_type",
+                    "stop string {position}: expected a string, got {got}",
+                    {"position": position, "got": shown(stop)},
+                )
+            if not stop:
+                raise PydanticCustomError(
+                    "empty_stop_string",
+                    "stop strings must not be empty (stop string {position})",
+                    {"position": position},
+                )
+            if len(stop) > defaults.MAX_STOP_CHARS:
+                raise PydanticCustomError(
+                    "stop_string_too_long",
+                    "stop string {position} is {length} characters long; "
+                    "the limit is {limit} characters",
+                    {"position": position, "length": len(stop), "limit": defaults.MAX_STOP_CHARS},
+                )
+        return tuple(value)
 
     @model_validator(mode="after")
     def _one_length_limit(self) -> GenerationParams:
@@ -108,9 +223,11 @@ class JobItem(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1)
-    custom_id: str | None = Field(None, min_length=1, max_length=defaults.MAX_CUSTOM_ID_CHARS)
-    params: dict[str, Any] | None = None
+    prompt: Text = Field(min_length=1)
+    custom_id: CustomId | None = None
+    # The item's overrides; their keys and values are checked against the job's parameters
+    # when they are merged (validate_job), which knows both.
+    params: dict[Text, Any] | None = None
 
 
 class JobSpec(BaseModel):
@@ -120,11 +237,15 @@ class JobSpec(BaseModel):
 
     items: list[JobItem] = Field(min_length=1)
     params: GenerationParams = Field(default_factory=GenerationParams)
-    metadata: dict[str, str] = Field(default_factory=dict, max_length=64)
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict, max_length=defaults.MAX_METADATA_ITEMS
+    )
     # A retried submit with the same key returns the first job's id instead of a new job.
-    idempotency_key: str | None = Field(None, min_length=1, max_length=256)
+    idempotency_key: IdempotencyKey | None = None
     # Deadline: this long after submission, items not yet generated end as `expired`.
-    expires_in_s: float | None = Field(None, gt=0, le=defaults.MAX_EXPIRES_IN_S)
+    expires_in_s: float | None = Field(
+        None, strict=True, allow_inf_nan=False, gt=0, le=defaults.MAX_EXPIRES_IN_S
+    )
 
     @model_validator(mode="after")
     def _unique_custom_ids(self) -> JobSpec:

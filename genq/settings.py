@@ -37,11 +37,18 @@ DEFAULT_TOP_P = 0.95
 # --- Limits (validated at submission; each error says which limit and how to change it) -------
 MAX_NEW_TOKENS_LIMIT = 4_096
 MAX_RETURN_SEQUENCES = 16
-MAX_STOP_STRINGS = 8
+MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256  # each stop string's length
+MAX_JSON_DEPTH = 16  # nesting of one input line's JSON value ({"params": {"stop": [...]}} is 3)
+MAX_METADATA_ITEMS = 64
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+MAX_IDEMPOTENCY_KEY_CHARS = 256
 MAX_CUSTOM_ID_CHARS = 256
 DEFAULT_MAX_ITEMS_PER_JOB = 100_000
 DEFAULT_MAX_PROMPT_BYTES = 64 * 1024
 DEFAULT_MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_JOB_BYTES = 256 * 1024 * 1024  # prompt bytes per job, whatever its source
 MAX_EXPIRES_IN_S = 30 * 24 * 3600  # a job's deadline is at most this far away
 MAX_PROMPT_BYTES_LIMIT = 1024 * 1024  # GENQ_MAX_PROMPT_BYTES may be raised up to this
 # A queue message bigger than this is refused by a worker unread (dead-lettered). Producers cut
@@ -73,9 +80,22 @@ WORKER_TTL_FACTOR = 3  # a worker whose heartbeat is this many periods old count
 # A worker's record (and counters) outlives its last heartbeat this long, so that a Redis
 # outage does not erase a live worker's counters; liveness is judged by the heartbeat's time.
 WORKER_RECORD_TTL_S = 3600
+# A Redis command without a reply for this long fails (a server that accepts and never answers
+# would hang a command forever); above DURABLE_SUBMIT_TIMEOUT_S, the longest wait genq asks for.
+REDIS_SOCKET_TIMEOUT_S = 30.0
 DEFAULT_POLL_INTERVAL_S = 0.5  # how often `wait` polls job status
 WAIT_OUTAGE_TOLERANCE_S = 120.0  # `wait` keeps polling through a Redis outage this long
 DURABLE_SUBMIT_TIMEOUT_S = 10.0  # a submit waits this long for Redis to fsync the job (WAITAOF)
+# `wait` asks whether a live worker consumes the queue at most this often (it reads every
+# worker's record), not on every poll.
+WORKER_CHECK_INTERVAL_S = 5.0
+# `genq jobs` with filters reads the recent-jobs index newest first, this many ids at a time,
+# and gives up after this many: a filter that matches nothing must not read every job record.
+LIST_JOBS_PAGE = 500
+LIST_JOBS_SCAN_LIMIT = 100_000
+# A job not found on a server without an append-only file that started less than this long ago
+# may have been lost with the restart: the not-found message says so.
+RECENT_RESTART_S = 24 * 3600
 
 # --- Failures ----------------------------------------------------------------------------------
 DEFAULT_MAX_ATTEMPTS = 3  # an item whose generation raises is tried this many times in all...
@@ -106,6 +126,7 @@ class Settings(BaseSettings):
     max_items_per_job: int = Field(DEFAULT_MAX_ITEMS_PER_JOB, ge=1)
     max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1, le=MAX_PROMPT_BYTES_LIMIT)
     max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)
+    max_job_bytes: int = Field(DEFAULT_MAX_JOB_BYTES, ge=1)
     result_ttl_s: int = Field(DEFAULT_RESULT_TTL_S, ge=1)
     unfinished_ttl_s: int = Field(DEFAULT_UNFINISHED_TTL_S, ge=60)
     heartbeat_s: float = Field(DEFAULT_HEARTBEAT_S, gt=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -31,6 +31,9 @@ from genq.schema import (
 from genq.settings import (
     DEAD_LETTER_LIMIT,
     DEFAULT_UNFINISHED_TTL_S,
+    LIST_JOBS_PAGE,
+    LIST_JOBS_SCAN_LIMIT,
+    RECENT_RESTART_S,
     WORKER_RECORD_TTL_S,
     WORKER_TTL_FACTOR,
 )
@@ -51,6 +54,24 @@ class Admission:
     params: GenerationParams | None  # the job's default parameters (None when refused)
     done: set[int]  # the message's indexes that already have a result
     bad_index: str | None  # the first index that is not the job's (nothing was changed)
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs `list_jobs` returns: any of ``statuses`` (every status when empty), and
+    every ``metadata`` pair (key and value equal)."""
+
+    statuses: frozenset[JobStatus] = frozenset()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def matches_all(self) -> bool:
+        return not self.statuses and not self.metadata
+
+    def matches(self, info: JobInfo) -> bool:
+        if self.statuses and info.status not in self.statuses:
+            return False
+        return all(info.metadata.get(k) == v for k, v in self.metadata.items())
 
 
 @dataclass(frozen=True)
@@ -160,14 +181,20 @@ class JobStore:
         self.redis.set(name, binding, ex=self.unfinished_ttl_s)
         return None
 
+    def append_only(self) -> bool | None:
+        """Whether the server keeps an append-only file (None: it will not say, e.g. an ACL
+        user without INFO). Without one, a restart loses every job."""
+        try:
+            info: dict[str, Any] = self.redis.info("persistence")  # type: ignore[assignment]
+        except redis.exceptions.ResponseError:
+            return None
+        return bool(int(info["aof_enabled"])) if "aof_enabled" in info else None
+
     def get(self, job_id: str) -> JobInfo:
         """Status and counters of one job: one HGETALL, whatever the job's size."""
         fields: dict[str, str] = self.redis.hgetall(keyspace.job(job_id))  # type: ignore[assignment]
         if not fields:
-            raise JobNotFoundError(
-                f"no job {job_id!r}: it was never submitted to this Redis, or it expired "
-                "after its result TTL"
-            )
+            raise JobNotFoundError(self._missing_job_message(job_id))
         if _due(fields.get("status"), fields.get("expires_at")):
             self._expire_job(job_id)
             return self.get(job_id)
@@ -178,17 +205,97 @@ class JobStore:
         status: str | None = self._expire(keys=keys, args=[repr(time.time()), self.result_ttl_s])
         return status
 
-    def list_jobs(self, limit: int = 20) -> list[JobInfo]:
-        """The most recent jobs, newest first; ids of expired jobs are pruned from the index."""
-        ids: list[str] = self.redis.zrevrange(keyspace.jobs_index(), 0, limit - 1)  # type: ignore[assignment]
+    def _missing_job_message(self, job_id: str) -> str:
+        """Why ``job_id`` may be missing, as accurately as the server lets us say (one line)."""
+        ttl = _duration(self.result_ttl_s)
+        message = (
+            f"no job {job_id!r}: it was never submitted to this Redis (check GENQ_REDIS_URL), "
+            f"or it expired {ttl} after it ended (its result TTL)"
+        )
+        append_only, uptime_s = self._persistence()
+        if append_only is False and uptime_s is not None and uptime_s < RECENT_RESTART_S:
+            return (
+                f"{message}, or it was lost with a restart: Redis started {_duration(uptime_s)} "
+                "ago and has no append-only file, so a restart loses every job (submit it again)"
+            )
+        if append_only is True:
+            return f"{message}, or Redis was flushed"
+        return (
+            f"{message}, or Redis lost its data (it restarted without an append-only file, "
+            "or was flushed)"
+        )
+
+    def _persistence(self) -> tuple[bool | None, int | None]:
+        """(append-only file on?, seconds since the server started); None where INFO is denied."""
+        try:
+            server: dict[str, Any] = self.redis.info("server")  # type: ignore[assignment]
+            append_only = self.append_only()
+        except redis.exceptions.RedisError:  # denied (an ACL user without INFO), or gone
+            return None, None
+        uptime = server.get("uptime_in_seconds")
+        return append_only, None if uptime is None else int(uptime)
+
+    def claim_notice(self, name: str) -> bool:
+        """Mark the one-time warning ``name`` as given for this Redis; True only the first time
+        (SET NX: concurrent producers agree on who warns). A Redis that loses its data forgets
+        its notices too, so the warning comes again: it is due again."""
+        return bool(self.redis.set(keyspace.notice(name), repr(time.time()), nx=True))
+
+    def list_jobs(self, limit: int = 20, query: JobQuery | None = None) -> list[JobInfo]:
+        """The most recent jobs matching ``query`` (every job when None), newest first.
+
+        The ``genq:jobs`` index is read newest first, LIST_JOBS_PAGE ids at a time, until
+        ``limit`` jobs match or the index is exhausted; at most LIST_JOBS_SCAN_LIMIT ids are
+        read, so a query matching nothing among very many jobs returns the matches found in
+        the newest LIST_JOBS_SCAN_LIMIT. Ids of jobs that no longer exist are pruned from the
+        index on the way; jobs past their deadline turn expired first.
+        """
+        if limit < 1:
+            raise ValueError("limit must be >= 1")
+        query = query or JobQuery()
+        page = limit if query.matches_all else max(limit, LIST_JOBS_PAGE)
+        found: list[JobInfo] = []
+        seen: set[str] = set()
+        offset = scanned = 0
+        while len(found) < limit and scanned < LIST_JOBS_SCAN_LIMIT:
+            count = min(page, LIST_JOBS_SCAN_LIMIT - scanned)
+            ids: list[str] = self.redis.zrevrange(  # type: ignore[assignment]
+                keyspace.jobs_index(), offset, offset + count - 1
+            )
+            if not ids:
+                break
+            scanned += len(ids)
+            rows = self._job_rows(ids)
+            gone = [job_id for job_id, row in zip(ids, rows, strict=True) if not row]
+            if gone:
+                self.redis.zrem(keyspace.jobs_index(), *gone)
+            # Pruned ids no longer take a rank; jobs submitted meanwhile push the rest down
+            # (seen ids are skipped).
+            offset += len(ids) - len(gone)
+            for job_id, row in zip(ids, rows, strict=True):
+                if not row or job_id in seen:
+                    continue
+                seen.add(job_id)
+                info = _job_info(row)
+                if query.matches(info):
+                    found.append(info)
+                    if len(found) == limit:
+                        break
+            if len(ids) < count:
+                break
+        return found
+
+    def _job_rows(self, ids: Sequence[str]) -> list[dict[str, str]]:
+        """Each job's record (empty when it no longer exists), past-deadline jobs expired."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(keyspace.job(job_id))
-            rows = pipe.execute()
-        gone = [job_id for job_id, row in zip(ids, rows, strict=False) if not row]
-        if gone:
-            self.redis.zrem(keyspace.jobs_index(), *gone)
-        return [_job_info(row) for row in rows if row]
+            rows: list[dict[str, str]] = pipe.execute()
+        for i, (job_id, row) in enumerate(zip(ids, rows, strict=True)):
+            if row and _due(row.get("status"), row.get("expires_at")):
+                self._expire_job(job_id)
+                rows[i] = self.redis.hgetall(keyspace.job(job_id))  # type: ignore[assignment]
+        return rows
 
     def cancel(self, job_id: str) -> JobInfo:
         self._end(job_id, JobStatus.CANCELLED, "")
@@ -424,6 +531,14 @@ class JobStore:
 
 def _dump_metadata(metadata: Mapping[str, str]) -> str:
     return _METADATA.dump_json(dict(metadata)).decode()
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` for a message, in its largest whole unit: 7d, 3h, 12m, 40s."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 def _record_ttl_s(heartbeat_s: float) -> int:

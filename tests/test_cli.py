@@ -209,7 +209,7 @@ def test_cancel_stops_unstarted_items_and_keeps_finished_results(
 
 def test_status_of_an_unknown_job_is_a_clear_error(genq_cli: Cli) -> None:
     result = genq_cli("status", "0" * 32)
-    assert result.returncode == 1
+    assert result.returncode == 3  # no such job
     assert "no job" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -239,7 +239,7 @@ def test_submit_wait_writes_results(genq_cli: Cli, tmp_path: Path) -> None:
 @pytest.mark.parametrize("command", ["status", "results", "cancel", "wait"])
 def test_a_malformed_job_id_is_a_clear_error(genq_cli: Cli, command: str) -> None:
     result = genq_cli(command, "a b:*")
-    assert result.returncode == 1
+    assert result.returncode == 3  # no such job
     assert "invalid job id" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -270,3 +270,19 @@ def test_a_job_with_a_deadline_and_no_worker_ends_expired(genq_cli: Cli, tmp_pat
     bad = genq_cli("submit", str(source), "--expires-in", "soon", env=idle)
     assert bad.returncode == 2
     assert "is not a duration" in bad.stderr
+
+
+def test_an_idempotency_key_reused_for_another_file_is_refused_with_exit_2(
+    genq_cli: Cli, tmp_path: Path
+) -> None:
+    key = f"conflict-{time.time_ns()}"
+    (tmp_path / "a.txt").write_text("hello\n")
+    (tmp_path / "b.txt").write_text("hello\nworld\n")
+    idle = {"GENQ_QUEUE": "idle"}
+    first = genq_cli("submit", str(tmp_path / "a.txt"), "--idempotency-key", key, env=idle)
+    assert first.returncode == 0, first.stderr
+    second = genq_cli("submit", str(tmp_path / "b.txt"), "--idempotency-key", key, env=idle)
+    assert second.returncode == 2
+    assert second.stdout == ""
+    assert f"idempotency key already used for job {first.stdout.strip()}" in second.stderr
+    assert "Traceback" not in second.stderr

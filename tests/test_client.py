@@ -48,6 +48,9 @@ def test_limits_are_enforced_with_the_setting_to_change(settings: Settings) -> N
         small.submit(["a", "b", "c"])
     with pytest.raises(InvalidJobError, match="GENQ_MAX_PROMPT_BYTES"):
         small.submit(["a prompt longer than eight bytes"])
+    capped = Client(settings=settings.model_copy(update={"max_job_bytes": 10}))
+    with pytest.raises(InvalidJobError, match=r"hold 12 bytes; the limit is 10 .*GENQ_MAX_JOB"):
+        capped.submit(["abcd", "efgh", "ijkl"])
 
 
 def test_submit_accepts_plain_strings_and_metadata(client: Client) -> None:

@@ -112,7 +112,8 @@ def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) ->
     store.record({job_id: [result(1)]})
     admission = store.admit(job_id, [0, 1, 2])
     assert (admission.status, admission.total, admission.done) == (JobStatus.RUNNING, 3, {1})
-    assert admission.params is not None and admission.bad_index is None
+    assert admission.params is not None
+    assert admission.bad_index is None
     assert store.get(job_id).started_at is not None
     assert store.admit("f" * 32, [0]).status is None
 

@@ -113,3 +113,10 @@ def test_sigterm_hands_buffered_items_back_and_nothing_runs_twice(
     assert (info.status.value, info.completed, info.failed) == ("completed", 200, 0)
     results = list(client.iter_results(job_id))
     assert [r.index for r in results] == list(range(200))
+
+
+def test_a_worker_warns_once_at_start_when_redis_has_no_append_only_file(
+    worker: WorkerProcess,
+) -> None:
+    # The session's test server runs without an append-only file.
+    assert worker.output().count("has no append-only file") == 1

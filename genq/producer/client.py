@@ -10,14 +10,18 @@ for result in client.iter_results(job_id):
 
 from __future__ import annotations
 
+import difflib
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from enum import Enum
 from typing import Any, TypeVar
 
 import redis
 from celery import Celery
 from pydantic import ValidationError
+from pydantic_core import PydanticSerializationError, to_json
 
 from genq.broker import GENERATE_TASK, celery_app
 from genq.connection import connect, explain_redis_error
@@ -25,10 +29,14 @@ from genq.errors import (
     BrokerUnavailableError,
     EnqueueError,
     InvalidJobError,
+    JobNotFinishedError,
+    JobNotFoundError,
+    JobVanishedError,
     RedisAccessError,
     WaitTimeoutError,
 )
 from genq.schema import (
+    SHOWN_CHARS,
     DeadLetter,
     GenerationParams,
     ItemResult,
@@ -37,6 +45,7 @@ from genq.schema import (
     JobSpec,
     WorkerInfo,
     duplicate_custom_ids,
+    shown,
 )
 from genq.settings import (
     DEFAULT_POLL_INTERVAL_S,
@@ -44,9 +53,27 @@ from genq.settings import (
     WAIT_OUTAGE_TOLERANCE_S,
     Settings,
 )
-from genq.store import JobStore
+from genq.store import JobQuery, JobStore
 
 MAX_PROBLEMS_SHOWN = 20
+RETRY_OF = "retry_of"  # metadata key linking a retry job to the job whose failed items it holds
+NO_AOF_NOTICE = "no-aof"  # notice name: producers warned that Redis keeps no append-only file
+
+
+class ResultFilter(str, Enum):
+    """Which results :meth:`Client.iter_results` yields."""
+
+    ALL = "all"
+    OK = "ok"  # items that ended without an error
+    FAILED = "failed"  # items that ended with an error
+
+    def keeps(self, result: ItemResult) -> bool:
+        if self is ResultFilter.OK:
+            return result.ok
+        if self is ResultFilter.FAILED:
+            return not result.ok
+        return True
+
 
 T = TypeVar("T")
 
@@ -188,11 +215,69 @@ class Client:
         """One page of results in input order (items still running are skipped)."""
         return self._guard(lambda: self.store.results(job_id, offset, limit))
 
-    def iter_results(self, job_id: str, page_size: int = 500) -> Iterator[ItemResult]:
-        """Every available result in input order, read page by page."""
+    def iter_results(
+        self, job_id: str, page_size: int = 500, *, only: ResultFilter = ResultFilter.ALL
+    ) -> Iterator[ItemResult]:
+        """Every available result in input order, read page by page; ``only`` keeps those
+        that ended with an error (``FAILED``) or without one (``OK``)."""
         total = self.status(job_id).total
         for offset in range(0, total, page_size):
-            yield from self.results(job_id, offset, page_size)
+            for result in self.results(job_id, offset, page_size):
+                if only.keeps(result):
+                    yield result
+
+    def find_jobs(self, query: JobQuery, limit: int = 20) -> list[JobInfo]:
+        """The most recent jobs matching ``query`` (statuses, metadata), newest first.
+
+        Reads the newest LIST_JOBS_SCAN_LIMIT jobs at most (see :meth:`JobStore.list_jobs`).
+        """
+        return self._guard(lambda: self.store.list_jobs(limit, query))
+
+    def retry(self, job_id: str, *, idempotency_key: str | None = None) -> str | None:
+        """Submit the failed items of an ended job again, as a new job; return its id, or
+        None when the job has no failed items.
+
+        Each item keeps its prompt, its custom_id (set explicitly, so results map back to the
+        original items) and its own parameter overrides, on top of the original job's
+        defaults; the new job's metadata is the original's plus ``retry_of=<job_id>``. Only
+        items with an error result are retried: an item with no result at all (of a
+        cancelled job, one that never started) cannot be. A job still queued or running
+        raises :class:`JobNotFinishedError`.
+        """
+        info = self.status(job_id)
+        if not info.is_terminal:
+            raise JobNotFinishedError(
+                f"job {job_id} is still {info.status.value} ({info.done}/{info.total} items "
+                f"done): retry it once it has ended (genq wait {job_id})"
+            )
+        failed = list(self.iter_results(job_id, only=ResultFilter.FAILED))
+        if not failed:
+            return None
+        # Plain objects, as a user submits them: validate_job reports any problem per item.
+        items: list[ItemInput] = [
+            {"prompt": r.prompt, "custom_id": r.custom_id, "params": r.params} for r in failed
+        ]
+        labels = [f"item {r.index} (custom_id {r.custom_id!r}) of job {job_id}" for r in failed]
+        metadata = {**info.metadata, RETRY_OF: job_id}
+        spec = validate_job(items, info.params, self.settings, metadata=metadata, labels=labels)
+        return self.submit_spec(with_job_options(spec, idempotency_key=idempotency_key))
+
+    def queue_workers(self) -> list[WorkerInfo]:
+        """The live workers that consume this client's queue (GENQ_QUEUE): none means a job
+        submitted now waits until one starts."""
+        return [w for w in self.workers() if w.queue == self.settings.queue]
+
+    def claim_no_append_only_notice(self) -> bool:
+        """True when Redis keeps no append-only file (a restart would lose every accepted job)
+        and no producer has said so yet for this Redis; the call marks it said. False when
+        the server has one, or will not tell (INFO denied)."""
+        return self._guard(
+            lambda: self.store.append_only() is False and self.store.claim_notice(NO_AOF_NOTICE)
+        )
+
+    def dead_letter_count(self) -> int:
+        """How many dead letters are kept (at most DEAD_LETTER_LIMIT)."""
+        return self._guard(self.store.dead_letter_count)
 
     def wait(
         self,
@@ -205,11 +290,14 @@ class Client:
         """Block until the job ends; raise :class:`WaitTimeoutError` after ``timeout_s``.
 
         Rides out a Redis restart: polling goes on while Redis is unreachable for up to
-        WAIT_OUTAGE_TOLERANCE_S, then :class:`BrokerUnavailableError` is raised.
+        WAIT_OUTAGE_TOLERANCE_S, then :class:`BrokerUnavailableError` is raised. A job that
+        was there and then is not (Redis came back without its data, or was flushed) raises
+        :class:`JobVanishedError`; one never found, :class:`JobNotFoundError`.
         """
         interval = poll_interval_s or DEFAULT_POLL_INTERVAL_S
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         outage_since: float | None = None
+        seen = False
         while True:
             try:
                 info = self.status(job_id)
@@ -219,8 +307,23 @@ class Client:
                 outage_since = outage_since or time.monotonic()
                 if time.monotonic() - outage_since > WAIT_OUTAGE_TOLERANCE_S:
                     raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise WaitTimeoutError(
+                        f"job {job_id}: Redis has been unreachable for "
+                        f"{time.monotonic() - outage_since:.0f}s and the {timeout_s:g}s "
+                        "timeout ran out; the job keeps running if Redis comes back with it"
+                    ) from None
                 time.sleep(interval)
                 continue
+            except JobNotFoundError as e:
+                if not seen:
+                    raise
+                raise JobVanishedError(
+                    f"job {job_id} vanished from Redis while being waited on: Redis lost its "
+                    "data (it restarted without an append-only file, or was flushed); the job "
+                    "and its results are gone, submit it again"
+                ) from e
+            seen = True
             outage_since = None
             if on_progress is not None:
                 on_progress(info)
@@ -267,13 +370,28 @@ def validate_job(
     *,
     metadata: Mapping[str, str] | None = None,
     labels: Sequence[str] | None = None,
+    idempotency_key: str | None = None,
+    expires_in_s: float | None = None,
 ) -> JobSpec:
-    """Check every item and parameter of a job; raise :class:`InvalidJobError` listing problems.
+    """Check every item and parameter of a job, its metadata and options, and that all of it
+    can be serialised; raise :class:`InvalidJobError` listing the problems, one line each.
 
-    Needs no Redis: the CLI validates a whole file before it connects to anything.
+    Needs no Redis: the CLI validates a whole file before it connects to anything, so that no
+    bad input gets as far as a job record.
     """
     name = (lambda i: labels[i]) if labels is not None else (lambda i: f"item {i}")
-    problems: list[str] = []
+    if isinstance(items, str | bytes | Mapping):
+        raise InvalidJobError(
+            f"items must be a list of prompts (strings or objects), got {shown(items)}; "
+            'wrap a single prompt in a list: ["..."]'
+        )
+    if not isinstance(items, Sequence):
+        try:
+            items = list(items)
+        except TypeError:
+            raise InvalidJobError(
+                f"items must be a list of prompts (strings or objects), got {shown(items)}"
+            ) from None
     if not items:
         raise InvalidJobError("the job has no items: give at least one prompt")
     limit = settings.max_items_per_job
@@ -282,31 +400,56 @@ def validate_job(
             f"the job has {len(items)} items; the limit is {limit} per job "
             "(split the input, or raise GENQ_MAX_ITEMS_PER_JOB)"
         )
+    if params is not None and not isinstance(params, GenerationParams | Mapping):
+        raise InvalidJobError(f"job params: expected an object, got {shown(params)}")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidJobError(f"job metadata: expected an object, got {shown(metadata)}")
+    if isinstance(params, GenerationParams):
+        # Revalidated: an instance may have been built with model_construct.
+        params = {name: getattr(params, name) for name in params.model_fields_set}
     try:
-        defaults = (
-            params
-            if isinstance(params, GenerationParams)
-            else GenerationParams.model_validate(dict(params or {}))
-        )
+        defaults = GenerationParams.model_validate(dict(params or {}))
     except ValidationError as e:
-        raise InvalidJobError(_describe("job params", e)) from e
+        raise InvalidJobError(
+            _describe("job params", e, fields=_PARAM_FIELDS, unknown_noun="parameter")
+        ) from e
+    options: dict[str, Any] = {
+        "metadata": dict(metadata or {}),
+        "idempotency_key": idempotency_key,
+        "expires_in_s": expires_in_s,
+    }
+    try:
+        # The job-level fields alone (one stand-in item), before the items are looked at.
+        JobSpec.model_validate({"items": [{"prompt": "-"}], **options})
+    except ValidationError as e:
+        raise InvalidJobError(_describe("job", e)) from e
+    problems: list[str] = []
     parsed: list[JobItem] = []
+    job_bytes = 0  # of prompts: what the job costs Redis while it waits
     for index, raw in enumerate(items):
         try:
             item = _as_item(raw)
         except ValidationError as e:
-            problems.append(_describe(name(index), e))
+            problems.append(_describe(name(index), e, fields=_ITEM_FIELDS))
             continue
         except TypeError:
             problems.append(
                 f"{name(index)}: expected a prompt string or an object with a 'prompt', "
-                f"got {type(raw).__name__}"
+                f"got {shown(raw)}"
             )
             continue
         try:
             defaults.with_overrides(item.params)
         except ValidationError as e:
-            problems.append(_describe(name(index), e, loc_prefix="params."))
+            problems.append(
+                _describe(
+                    name(index),
+                    e,
+                    loc_prefix="params.",
+                    fields=_PARAM_FIELDS,
+                    unknown_noun="parameter",
+                )
+            )
             continue
         size = len(item.prompt.encode())
         if size > settings.max_prompt_bytes:
@@ -314,31 +457,56 @@ def validate_job(
                 f"{name(index)}: prompt is {size} bytes; the limit is "
                 f"{settings.max_prompt_bytes} (GENQ_MAX_PROMPT_BYTES)"
             )
+            continue
+        if item.params:
+            try:
+                # The overrides travel as given (they are echoed in results): they must
+                # serialise as they are, whatever Python objects they are.
+                to_json(item.params)
+            except (PydanticSerializationError, ValueError, TypeError):
+                problems.append(f"{name(index)}: params cannot be serialised as JSON")
+                continue
         parsed.append(item)
+        job_bytes += size
+    if job_bytes > settings.max_job_bytes:
+        problems.insert(
+            0,
+            f"the job's prompts hold {job_bytes} bytes; the limit is {settings.max_job_bytes} "
+            "per job (split the input, or raise GENQ_MAX_JOB_BYTES)",
+        )
     if not problems:
         for index, first, cid in duplicate_custom_ids(parsed):
             problems.append(
                 f"{name(index)}: custom_id {cid!r} is already used by {name(first)}; "
                 "custom_id must be unique within a job"
             )
+    if len(problems) == 1:
+        raise InvalidJobError(f"{problems[0]} (nothing was enqueued)")
     if problems:
-        shown = problems[:MAX_PROBLEMS_SHOWN]
-        more = len(problems) - len(shown)
+        listed = problems[:MAX_PROBLEMS_SHOWN]
+        more = len(problems) - len(listed)
         tail = f"\n... and {more} more problem(s)" if more else ""
         raise InvalidJobError(
             f"invalid job, nothing was enqueued ({len(problems)} problem(s)):\n"
-            + "\n".join(shown)
+            + "\n".join(listed)
             + tail
         )
     try:
-        return JobSpec(items=parsed, params=defaults, metadata=dict(metadata or {}))
+        return JobSpec.model_validate({"items": parsed, "params": defaults, **options})
     except ValidationError as e:
         raise InvalidJobError(_describe("job", e)) from e
 
 
+_ITEM_FIELDS = tuple(JobItem.model_fields)
+_PARAM_FIELDS = tuple(GenerationParams.model_fields)
+
+
 def _as_item(raw: ItemInput) -> JobItem:
+    """``raw`` (a prompt, an object with a prompt, or a JobItem) as a validated JobItem;
+    TypeError for anything else."""
     if isinstance(raw, JobItem):
-        return raw
+        # Revalidated: fields may have been assigned, or the item built with model_construct.
+        return JobItem.model_validate({k: getattr(raw, k) for k in raw.model_fields_set})
     if isinstance(raw, str):
         return JobItem(prompt=raw)
     if not isinstance(raw, Mapping):
@@ -346,14 +514,92 @@ def _as_item(raw: ItemInput) -> JobItem:
     return JobItem.model_validate(dict(raw))
 
 
-def _describe(where: str, error: ValidationError, loc_prefix: str = "") -> str:
-    """A ValidationError as short lines: ``where: field: message``."""
-    lines = []
-    for problem in error.errors(include_url=False):
-        loc = ".".join(str(part) for part in problem["loc"])
-        loc = f"{loc_prefix}{loc}" if loc else loc_prefix.rstrip(".")
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown parameter (see `genq submit --help` for the accepted ones)"
-        lines.append(f"{where}: {loc}: {message}" if loc else f"{where}: {message}")
-    return "\n".join(lines)
+# What each pydantic type error expects, in the user's words (the value is shown after it).
+_EXPECTED = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "dict_type": "expected an object",
+    "list_type": "expected an array",
+    "tuple_type": "expected an array",
+    "model_type": "expected an object",
+    "model_attributes_type": "expected an object",
+}
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+MAX_PROBLEMS_PER_ITEM = 5
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _describe(
+    where: str,
+    error: ValidationError,
+    loc_prefix: str = "",
+    *,
+    fields: Sequence[str] = (),
+    unknown_noun: str = "field",
+) -> str:
+    """A ValidationError as one line, ``where: field: problem; field: problem``: each type
+    error names what was expected and what was given, each unknown field the accepted ones
+    (``fields``; ``unknown_noun`` says what they are) and the close match. Text from the input
+    is shortened and escaped, so that the line prints whatever the input held."""
+
+    def quoted(name: str) -> str:
+        return repr(name[:SHOWN_CHARS]) + ("..." if len(name) > SHOWN_CHARS else "")
+
+    def part(name: str | int) -> str:
+        if isinstance(name, int):
+            return f"[{name}]"
+        return name if _NAME.fullmatch(name) else f"[{quoted(name)}]"
+
+    def render(loc: Sequence[str | int]) -> str:
+        text = "".join(p if p.startswith("[") else f".{p}" for p in map(part, loc))
+        return f"{loc_prefix}{text.lstrip('.')}" if text else loc_prefix.rstrip(".")
+
+    problems = error.errors(include_url=False)
+    missing = [p["loc"][-1] for p in problems if p["type"] == "missing" and len(p["loc"]) == 1]
+    messages: list[str] = []
+    for problem in problems[:MAX_PROBLEMS_PER_ITEM]:
+        loc: Sequence[str | int] = problem["loc"]
+        kind = problem["type"]
+        given = problem.get("input")
+        if kind == "extra_forbidden" and loc:
+            unknown = str(loc[-1])
+            # No close match but a required field missing ({"text": ...}): that one, surely.
+            close = difflib.get_close_matches(unknown, fields, n=1, cutoff=0.6) or [
+                str(m) for m in missing[:1]
+            ]
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            if unknown_noun == "parameter":
+                of, accepted = "", f" (the parameters are {', '.join(fields)})"
+            else:
+                of = f" of the {where.split(' ', 1)[0] if where.startswith('line ') else 'item'}"
+                accepted = f" (the fields are {', '.join(fields)})" if fields else ""
+            text = f"unknown {unknown_noun}{of}{hint}"
+            text += "" if close and unknown_noun == "parameter" else accepted
+            messages.append(f"{render(loc)}: {text}")
+            continue
+        if loc and loc[-1] == "[key]":  # the key as given (loc holds it lossily decoded)
+            key = given if isinstance(given, str) else str(loc[-2])
+            field = f"{render(loc[:-2])} key {quoted(key)}"
+        else:
+            field = render(loc)
+        if kind == "string_unicode":  # a field name that pydantic could not read
+            field = f"{field} key {shown(given)}" if field else f"field name {shown(given)}"
+            message = "contains a lone surrogate; text must be valid Unicode"
+        elif kind in _EXPECTED:
+            message = f"{_EXPECTED[kind]}, got {shown(given)}"
+        elif kind in _BOUNDS:
+            message = f"{problem['msg']}, got {shown(given)}"
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+        messages.append(f"{field}: {message}" if field else message)
+    # An object of a million unknown keys is one problem, not a million lines of them.
+    more = len(problems) - len(messages)
+    tail = f"; and {more} more problem(s)" if more > 0 else ""
+    return f"{where}: " + "; ".join(messages) + tail
