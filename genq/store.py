@@ -14,35 +14,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from genq import keyspace, scripts
+from genq.dead_letters import DeadLetterList
 from genq.errors import DurabilityError, IdempotencyConflictError, JobNotFoundError
-from genq.schema import (
-    DeadLetter,
-    GenerationParams,
-    ItemResult,
-    JobInfo,
-    JobSpec,
-    JobStatus,
-    WorkerInfo,
-    from_epoch,
-)
+from genq.schema import GenerationParams, ItemResult, JobInfo, JobSpec, JobStatus, from_epoch
+from genq.server_facts import ServerFacts
 from genq.settings import (
-    DEAD_LETTER_LIMIT,
     DEFAULT_UNFINISHED_TTL_S,
     LIST_JOBS_PAGE,
     LIST_JOBS_SCAN_LIMIT,
-    RECENT_RESTART_S,
-    WORKER_RECORD_TTL_S,
-    WORKER_TTL_FACTOR,
 )
+from genq.worker_records import BatchStats, WorkerRecords
 
 log = logging.getLogger(__name__)
 
 _METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
-
-_WORKER_COUNTERS = ("batches", "items", "tokens")
 
 
 @dataclass(frozen=True)
@@ -74,18 +62,9 @@ class JobQuery:
         return all(info.metadata.get(k) == v for k, v in self.metadata.items())
 
 
-@dataclass(frozen=True)
-class BatchStats:
-    """One forward-pass batch, for its worker's counters."""
-
-    worker_id: str
-    sequences: int
-    items: int
-    tokens: int
-
-
-class JobStore:
-    """Reads and writes jobs, results and worker records in Redis."""
+class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
+    """Reads and writes jobs and results in Redis; worker records, dead letters and what the
+    server says of itself come from the classes it is made of, one module each."""
 
     def __init__(
         self,
@@ -101,9 +80,7 @@ class JobStore:
         self._admit = client.register_script(scripts.ADMIT)
         self._expire = client.register_script(scripts.EXPIRE)
         self._start = client.register_script(scripts.START)
-        self._heartbeat = client.register_script(scripts.HEARTBEAT)
-        self._renew = client.register_script(scripts.RENEW)
-        self._expire_persistent = client.register_script(scripts.EXPIRE_PERSISTENT)
+        self._register_worker_scripts()
 
     # --- jobs -----------------------------------------------------------------------------
     def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:
@@ -181,15 +158,6 @@ class JobStore:
         self.redis.set(name, binding, ex=self.unfinished_ttl_s)
         return None
 
-    def append_only(self) -> bool | None:
-        """Whether the server keeps an append-only file (None: it will not say, e.g. an ACL
-        user without INFO). Without one, a restart loses every job."""
-        try:
-            info: dict[str, Any] = self.redis.info("persistence")  # type: ignore[assignment]
-        except redis.exceptions.ResponseError:
-            return None
-        return bool(int(info["aof_enabled"])) if "aof_enabled" in info else None
-
     def get(self, job_id: str) -> JobInfo:
         """Status and counters of one job: one HGETALL, whatever the job's size."""
         fields: dict[str, str] = self.redis.hgetall(keyspace.job(job_id))  # type: ignore[assignment]
@@ -204,42 +172,6 @@ class JobStore:
         keys = _job_keys(job_id)
         status: str | None = self._expire(keys=keys, args=[repr(time.time()), self.result_ttl_s])
         return status
-
-    def _missing_job_message(self, job_id: str) -> str:
-        """Why ``job_id`` may be missing, as accurately as the server lets us say (one line)."""
-        ttl = _duration(self.result_ttl_s)
-        message = (
-            f"no job {job_id!r}: it was never submitted to this Redis (check GENQ_REDIS_URL), "
-            f"or it expired {ttl} after it ended (its result TTL)"
-        )
-        append_only, uptime_s = self._persistence()
-        if append_only is False and uptime_s is not None and uptime_s < RECENT_RESTART_S:
-            return (
-                f"{message}, or it was lost with a restart: Redis started {_duration(uptime_s)} "
-                "ago and has no append-only file, so a restart loses every job (submit it again)"
-            )
-        if append_only is True:
-            return f"{message}, or Redis was flushed"
-        return (
-            f"{message}, or Redis lost its data (it restarted without an append-only file, "
-            "or was flushed)"
-        )
-
-    def _persistence(self) -> tuple[bool | None, int | None]:
-        """(append-only file on?, seconds since the server started); None where INFO is denied."""
-        try:
-            server: dict[str, Any] = self.redis.info("server")  # type: ignore[assignment]
-            append_only = self.append_only()
-        except redis.exceptions.RedisError:  # denied (an ACL user without INFO), or gone
-            return None, None
-        uptime = server.get("uptime_in_seconds")
-        return append_only, None if uptime is None else int(uptime)
-
-    def claim_notice(self, name: str) -> bool:
-        """Mark the one-time warning ``name`` as given for this Redis; True only the first time
-        (SET NX: concurrent producers agree on who warns). A Redis that loses its data forgets
-        its notices too, so the warning comes again: it is due again."""
-        return bool(self.redis.set(keyspace.notice(name), repr(time.time()), nx=True))
 
     def list_jobs(self, limit: int = 20, query: JobQuery | None = None) -> list[JobInfo]:
         """The most recent jobs matching ``query`` (every job when None), newest first.
@@ -406,143 +338,9 @@ class JobStore:
             counts[job_id] = int(new)
         return counts
 
-    # --- dead letters -----------------------------------------------------------------------
-    def add_dead_letter(self, letter: DeadLetter) -> None:
-        """Keep a refused message (newest first), bounded to DEAD_LETTER_LIMIT entries."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(keyspace.celery_dead(), letter.model_dump_json())
-            pipe.ltrim(keyspace.celery_dead(), 0, DEAD_LETTER_LIMIT - 1)
-            pipe.execute()
-
-    def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
-        """Refused messages, newest first (entries another version wrote unreadably skipped)."""
-        raw: list[str] = self.redis.lrange(  # type: ignore[assignment]
-            keyspace.celery_dead(), offset, offset + limit - 1
-        )
-        out = []
-        for value in raw:
-            try:
-                out.append(DeadLetter.model_validate_json(value))
-            except ValidationError:
-                continue
-        return out
-
-    def dead_letter_count(self) -> int:
-        count: int = self.redis.llen(keyspace.celery_dead())  # type: ignore[assignment]
-        return count
-
-    def purge_dead_letters(self) -> int:
-        """Delete every dead letter; return how many there were."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.llen(keyspace.celery_dead())
-            pipe.delete(keyspace.celery_dead())
-            count, _ = pipe.execute()
-        return int(count)
-
-    # --- workers --------------------------------------------------------------------------
-    def register_worker(self, info: WorkerInfo, heartbeat_s: float) -> None:
-        """Write the worker's identity (its counters, if any survived, are kept: worker ids are
-        never reused, and a re-registration after a Redis outage must not zero them)."""
-        fields: dict[Any, str | int] = info.model_dump(
-            mode="json", exclude={"batch_sizes", "started_at", "last_seen", *_WORKER_COUNTERS}
-        )
-        fields["started_at"] = repr(info.started_at.timestamp())
-        fields["last_seen"] = repr(time.time())
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keyspace.worker(info.id), mapping=fields)
-            pipe.zadd(keyspace.workers_index(), {info.id: time.time()})
-            self._expire_worker(pipe, info.id, heartbeat_s)
-            pipe.execute()
-
-    def heartbeat(self, worker_id: str, heartbeat_s: float) -> bool:
-        """Refresh the worker's record; False when it is gone (re-register it then)."""
-        now = time.time()
-        ttl = _record_ttl_s(heartbeat_s)
-        keys = [
-            keyspace.worker(worker_id),
-            keyspace.worker_batches(worker_id),
-            keyspace.workers_index(),
-        ]
-        return bool(self._heartbeat(keys=keys, args=[repr(now), ttl, worker_id]))
-
-    def queue_length(self, queue: str) -> int:
-        """Messages waiting in a Celery queue."""
-        length: int = self.redis.llen(keyspace.celery_queue(queue))  # type: ignore[assignment]
-        return length
-
-    def renew_leases(self, delivery_tags: Sequence[str]) -> list[str]:
-        """Renew the leases on messages a worker holds; return the tags it no longer holds.
-
-        A lease not renewed for GENQ_LEASE_S is expired: kombu requeues the message (the
-        worker is presumed dead) and the old holder must neither run the rest of it nor ack it.
-        """
-        if not delivery_tags:
-            return []
-        lost = self._renew(
-            keys=[keyspace.celery_unacked_index()], args=[time.time(), *delivery_tags]
-        )
-        return [str(tag) for tag in lost]
-
-    def _count_batch(self, pipe: redis.client.Pipeline, batch: BatchStats) -> None:
-        worker, sizes = keyspace.worker(batch.worker_id), keyspace.worker_batches(batch.worker_id)
-        pipe.hincrby(sizes, str(batch.sequences), 1)
-        pipe.hincrby(worker, "batches", 1)
-        pipe.hincrby(worker, "items", batch.items)
-        pipe.hincrby(worker, "tokens", batch.tokens)
-        # Counters written after the record expired must not outlive a worker that dies
-        # before its next heartbeat re-registers it (a live record keeps its TTL).
-        self._expire_persistent(keys=[worker, sizes], args=[WORKER_RECORD_TTL_S], client=pipe)
-
-    def remove_worker(self, worker_id: str) -> None:
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(keyspace.worker(worker_id), keyspace.worker_batches(worker_id))
-            pipe.zrem(keyspace.workers_index(), worker_id)
-            pipe.execute()
-
-    def workers(self, heartbeat_s: float) -> list[WorkerInfo]:
-        """Workers whose heartbeat is recent, oldest first; stale entries are pruned."""
-        cutoff = time.time() - heartbeat_s * WORKER_TTL_FACTOR
-        self.redis.zremrangebyscore(keyspace.workers_index(), "-inf", cutoff)
-        ids: list[str] = self.redis.zrange(keyspace.workers_index(), 0, -1)  # type: ignore[assignment]
-        with self.redis.pipeline(transaction=False) as pipe:
-            for worker_id in ids:
-                pipe.hgetall(keyspace.worker(worker_id))
-                pipe.hgetall(keyspace.worker_batches(worker_id))
-            rows = pipe.execute()
-        out = []
-        for fields, sizes in zip(rows[::2], rows[1::2], strict=False):
-            if not fields:
-                continue
-            data = dict(fields)
-            data["started_at"] = from_epoch(data.get("started_at"))
-            data["last_seen"] = from_epoch(data.get("last_seen"))
-            data["batch_sizes"] = {int(k): int(v) for k, v in sizes.items()}
-            try:
-                out.append(WorkerInfo.model_validate(data))
-            except ValidationError:
-                continue  # a record half-written by another version: not a live worker
-        return out
-
-    def _expire_worker(self, pipe: redis.client.Pipeline, worker_id: str, hb: float) -> None:
-        ttl = _record_ttl_s(hb)
-        pipe.expire(keyspace.worker(worker_id), ttl)
-        pipe.expire(keyspace.worker_batches(worker_id), ttl)
-
 
 def _dump_metadata(metadata: Mapping[str, str]) -> str:
     return _METADATA.dump_json(dict(metadata)).decode()
-
-
-def _duration(seconds: float) -> str:
-    """``seconds`` for a message, in its largest whole unit: 7d, 3h, 12m, 40s."""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-def _record_ttl_s(heartbeat_s: float) -> int:
-    return max(int(heartbeat_s * WORKER_TTL_FACTOR) + 1, WORKER_RECORD_TTL_S)
 
 
 def _job_keys(job_id: str) -> list[str]:

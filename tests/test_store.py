@@ -15,7 +15,8 @@ from genq.errors import IdempotencyConflictError, JobNotFoundError
 from genq.producer.client import Client, new_job_id
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
-from genq.store import BatchStats, JobStore
+from genq.store import JobStore
+from genq.worker_records import BatchStats
 
 TTL_S = 1234
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from genq.errors import InputFileError
-from genq.schema import shown
 from genq.settings import MAX_JSON_DEPTH
+from genq.text import shown
 
 InputFormat = Literal["auto", "jsonl", "txt"]
 MAX_ERRORS_SHOWN = 20

@@ -32,9 +32,10 @@ from genq.schema import (
     WorkItem,
 )
 from genq.settings import OOM_RECOVERY_BATCHES, Settings
-from genq.store import BatchStats, JobStore
+from genq.store import JobStore
 from genq.worker.batching import plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
+from genq.worker_records import BatchStats
 
 log = logging.getLogger(__name__)
 
