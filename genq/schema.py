@@ -185,8 +185,9 @@ class JobSpec(BaseModel):
     def fingerprint(self) -> str:
         """A digest of everything the job asks for (its idempotency key aside): two submits
         with one key must carry the same fingerprint."""
-        content = self.model_dump_json(exclude={"idempotency_key"})
-        return hashlib.sha256(content.encode("utf-8", "surrogatepass")).hexdigest()
+        content = _canonical(self.model_dump(mode="json", exclude={"idempotency_key"}))
+        text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def messages(self, job_id: str, enqueued_at: float, max_items: int) -> list[str]:
         """The job's queue messages: chunks of at most ``max_items`` items and about
@@ -200,6 +201,17 @@ class JobSpec(BaseModel):
             ],
             max_items,
         )
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` (JSON data) with each whole float as an int: ``1.0`` and ``1`` ask the same."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
 
 
 def duplicate_custom_ids(items: list[JobItem]) -> list[tuple[int, int, str]]:

@@ -177,3 +177,12 @@ for i = 1, #KEYS do
 end
 return 0
 """
+
+
+# KEYS: one key. ARGV: the value expected, the new value, ttl_s. Replaces the value only if it is
+# still the one expected (an idempotency key taken over from a job that is gone). Returns 1 if so.
+COMPARE_AND_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""

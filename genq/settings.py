@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # --- Connections -------------------------------------------------------------------------------
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_QUEUE = "generate"  # Celery queue name; kombu stores it under the genq: prefix
+# Keys beside the queues under genq:celery: (kombu's bookkeeping, the dead-letter list).
+RESERVED_QUEUE_NAMES = frozenset({"dead", "unacked", "unacked_index", "unacked_mutex"})
 
 # --- Model -------------------------------------------------------------------------------------
 DEFAULT_MODEL = "gpt2"  # Hugging Face model id or a local directory
@@ -137,6 +139,17 @@ class Settings(BaseSettings):
     # engine fail for chosen items. Never set it in production.
     faults: str | None = None
 
+    @field_validator("queue")
+    @classmethod
+    def _not_a_broker_key(cls, value: str) -> str:
+        # Queues live beside kombu's bookkeeping and the dead-letter list, under one prefix.
+        if value in RESERVED_QUEUE_NAMES:
+            raise ValueError(
+                f"{value!r} is the name of one of genq's own keys "
+                f"({', '.join(sorted(RESERVED_QUEUE_NAMES))}); choose another queue name"
+            )
+        return value
+
     @model_validator(mode="after")
     def _lease_outlasts_heartbeats(self) -> Settings:
         if self.lease_s < LEASE_HEARTBEATS * self.heartbeat_s:
@@ -167,7 +180,8 @@ def load_settings(**overrides: object) -> Settings:
         return Settings.model_validate({**base.model_dump(), **overrides}) if overrides else base
     except ValidationError as e:
         problems = "; ".join(
-            f"GENQ_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            f"GENQ_{'_'.join(str(p) for p in err['loc']).upper()}: "
+            + err["msg"].removeprefix("Value error, ")
             if err["loc"]
             else err["msg"].removeprefix("Value error, ")
             for err in e.errors(include_url=False)

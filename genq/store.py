@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 from genq import keyspace, scripts
 from genq.dead_letters import DeadLetterList
 from genq.errors import DurabilityError, IdempotencyConflictError, JobNotFoundError
+from genq.registry import BatchStats, WorkerRecords
 from genq.schema import GenerationParams, ItemResult, JobInfo, JobSpec, JobStatus, from_epoch
 from genq.server_facts import ServerFacts
 from genq.settings import (
@@ -26,9 +27,10 @@ from genq.settings import (
     LIST_JOBS_PAGE,
     LIST_JOBS_SCAN_LIMIT,
 )
-from genq.worker_records import BatchStats, WorkerRecords
 
 log = logging.getLogger(__name__)
+
+IDEMPOTENCY_CLAIM_TRIES = 5  # a key taken over by another submit meanwhile is looked at again
 
 _METADATA: TypeAdapter[dict[str, str]] = TypeAdapter(dict[str, str])
 
@@ -80,6 +82,7 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         self._admit = client.register_script(scripts.ADMIT)
         self._expire = client.register_script(scripts.EXPIRE)
         self._start = client.register_script(scripts.START)
+        self._compare_and_set = client.register_script(scripts.COMPARE_AND_SET)
         self._register_worker_scripts()
 
     # --- jobs -----------------------------------------------------------------------------
@@ -134,29 +137,47 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         return True
 
     def claim_idempotency_key(self, key: str, fingerprint: str, job_id: str) -> str | None:
-        """Bind ``key`` to ``job_id`` and the job's content ``fingerprint`` unless it is bound
-        already; return the earlier job id. A key bound to a job of other content raises
-        :class:`IdempotencyConflictError` (Stripe's rule: one key, one request).
+        """Bind ``key`` to ``job_id`` (whose record exists already) and the job's content
+        ``fingerprint`` unless it is bound; return the earlier job id. A key bound to a job of
+        other content raises :class:`IdempotencyConflictError` (Stripe's rule: one key, one
+        request).
 
-        SET NX is the arbiter between concurrent submits; a key whose job has expired is
-        bound afresh.
+        SET NX is the arbiter between concurrent submits. Each submitter creates its job's
+        record before it claims, so a bound job that does not exist is gone (expired), not
+        in flight; such a key, or one bound to a job that failed to enqueue, is taken over by
+        compare-and-set, so that two submitters cannot both take it over.
         """
         name = keyspace.idempotency(key)
         binding = f"{fingerprint} {job_id}"
-        if self.redis.set(name, binding, nx=True, ex=self.unfinished_ttl_s):
-            return None
-        existing: str | None = self.redis.get(name)  # type: ignore[assignment]
-        earlier_fingerprint, _, earlier_id = (existing or "").rpartition(" ")
-        if earlier_id and self.redis.exists(keyspace.job(earlier_id)):
-            if earlier_fingerprint and earlier_fingerprint != fingerprint:
-                raise IdempotencyConflictError(
-                    f"idempotency key already used for job {earlier_id}, whose items or "
-                    "options differ from this submit's; use a new key for a different job "
-                    "(or submit exactly the same content to get that job's id back)"
-                )
-            return earlier_id
-        self.redis.set(name, binding, ex=self.unfinished_ttl_s)
-        return None
+        for _ in range(IDEMPOTENCY_CLAIM_TRIES):
+            if self.redis.set(name, binding, nx=True, ex=self.unfinished_ttl_s):
+                return None
+            existing: str | None = self.redis.get(name)  # type: ignore[assignment]
+            if existing is None:
+                continue  # expired between the two calls
+            earlier_fingerprint, _, earlier_id = existing.rpartition(" ")
+            status = self.redis.hget(keyspace.job(earlier_id), "status") if earlier_id else None
+            if status is not None and status != JobStatus.FAILED.value:
+                if earlier_fingerprint != fingerprint:
+                    raise IdempotencyConflictError(
+                        f"idempotency key already used for job {earlier_id}, whose items or "
+                        "options differ from this submit's; use a new key for a different job "
+                        "(or submit exactly the same content to get that job's id back)"
+                    )
+                return earlier_id
+            args: list[str | int] = [existing, binding, self.unfinished_ttl_s]
+            if self._compare_and_set(keys=[name], args=args):
+                return None
+        raise IdempotencyConflictError(
+            "idempotency key is being claimed by other submits at this moment; submit again"
+        )
+
+    def discard_job(self, job_id: str) -> None:
+        """Delete a job that was never enqueued (its submit lost the idempotency key)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keyspace.job(job_id))
+            pipe.zrem(keyspace.jobs_index(), job_id)
+            pipe.execute()
 
     def get(self, job_id: str) -> JobInfo:
         """Status and counters of one job: one HGETALL, whatever the job's size."""

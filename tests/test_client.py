@@ -11,13 +11,14 @@ import pytest
 
 from genq import keyspace
 from genq.errors import (
+    ConfigError,
     IdempotencyConflictError,
     InvalidJobError,
     JobNotFoundError,
     WaitTimeoutError,
 )
 from genq.producer.client import Client
-from genq.settings import Settings, redact_url
+from genq.settings import Settings, load_settings, redact_url
 
 
 def test_producer_side_never_loads_the_worker_torch_or_transformers() -> None:
@@ -137,3 +138,9 @@ def test_an_idempotency_key_reused_for_a_different_job_is_refused_and_enqueues_n
     assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before
     assert client.store.redis.llen(keyspace.celery_queue("nobody-reads-this")) == queued
     assert idle.submit(["a", "b"], idempotency_key=key) == first  # the same content still works
+
+
+@pytest.mark.parametrize("name", ["dead", "unacked", "unacked_index", "unacked_mutex"])
+def test_a_queue_named_like_one_of_genqs_own_keys_is_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"GENQ_QUEUE: '{name}' is the name of one of genq"):
+        load_settings(queue=name)

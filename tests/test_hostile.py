@@ -12,6 +12,7 @@ import json
 import signal
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -118,6 +119,26 @@ RAW_MESSAGES: dict[str, tuple[Callable[[], str | bytes], str]] = {
     "nested-100000-deep": (lambda: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
     "invalid-utf8": (lambda: b"\xff\xfe{not utf8", "not"),
     "headers-a-list": (lambda: json.dumps(envelope(call("{}"), headers=[1])), "headers"),
+    "kombu-typed-bytes": (
+        lambda: json.dumps(
+            envelope(call("{}"), headers={"x": {"__type__": "bytes", "__value__": 1}})
+        ),
+        "not JSON",
+    ),
+    "kombu-typed-uuid": (
+        lambda: json.dumps(envelope(call("{}"), x={"__type__": "uuid", "__value__": {"hex": 5}})),
+        "not JSON",
+    ),
+    "zlib-bomb": (
+        lambda: json.dumps(
+            envelope(
+                "",
+                headers={"task": GENERATE_TASK, "compression": "application/x-gzip"},
+                body=base64.b64encode(zlib.compress(b"0" * 50_000_000)).decode(),
+            )
+        ),
+        "compressed",
+    ),
     "body-not-json": (lambda: json.dumps(envelope("}{")), "cannot be decoded"),
     "body-nested-deep": (lambda: json.dumps(envelope("[" * 50_000 + "]" * 50_000)), "decoded"),
     "no-task-header": (lambda: json.dumps(envelope(call("{}"), headers={})), "names no task"),
@@ -294,7 +315,8 @@ def test_a_worker_whose_engine_loop_crashes_exits_non_zero(
     assert "the engine loop failed" in worker.output()
 
 
-def test_a_sigterm_stop_still_exits_zero(start_worker: StartWorker) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_someone_asked_for_still_exits_zero(start_worker: StartWorker, sig: int) -> None:
     worker = start_worker(queue="clean-exit-test", engine="null")
-    worker.stop(signal.SIGTERM)
+    worker.stop(sig)
     assert worker.process.returncode == 0, worker.output()

@@ -320,3 +320,13 @@ def test_shown_values_are_short_json_and_printable() -> None:
     text = shown(f"a{LONE}\n")
     assert text == '"a\\ud800\\n"'
     text.encode("utf-8")
+
+
+def test_the_same_content_written_differently_has_one_fingerprint() -> None:
+    def spec(metadata: dict[str, str], params: dict[str, object]) -> JobSpec:
+        return JobSpec(items=[JobItem(prompt="p", params=params)], metadata=metadata)
+
+    first = spec({"a": "1", "b": "2"}, {"temperature": 1, "top_k": 3})
+    same = spec({"b": "2", "a": "1"}, {"top_k": 3, "temperature": 1.0})
+    other = spec({"a": "1", "b": "2"}, {"temperature": 0.5, "top_k": 3})
+    assert first.fingerprint() == same.fingerprint() != other.fingerprint()

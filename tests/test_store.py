@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,10 +15,10 @@ from genq import keyspace
 from genq.connection import connect
 from genq.errors import IdempotencyConflictError, JobNotFoundError
 from genq.producer.client import Client, new_job_id
+from genq.registry import BatchStats
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
 from genq.store import JobStore
-from genq.worker_records import BatchStats
 
 TTL_S = 1234
 
@@ -156,6 +158,35 @@ def test_an_idempotency_key_whose_job_expired_binds_afresh(store: JobStore) -> N
     store.redis.delete(keyspace.job(job_id))
     assert store.claim_idempotency_key(key, "fp2", "newer") is None
     assert store.redis.get(keyspace.idempotency(key)) == "fp2 newer"
+
+
+def test_an_idempotency_key_bound_to_a_job_that_failed_to_enqueue_binds_afresh(
+    store: JobStore,
+) -> None:
+    job_id = make_job(store, 1)
+    key = f"k-failed-{job_id}"
+    assert store.claim_idempotency_key(key, "fp", job_id) is None
+    store.fail(job_id, "could not enqueue the job; submit it again")
+    assert store.claim_idempotency_key(key, "fp", "retried") is None
+
+
+def test_submitters_racing_for_one_key_make_one_job(settings: Settings) -> None:
+    idle = settings.model_copy(update={"queue": "nobody-reads-this"})
+    for round_ in range(10):
+        key = f"race-{round_}-{time.time_ns()}"
+        clients = [Client(settings=idle) for _ in range(4)]
+        barrier = threading.Barrier(4)
+
+        def submit(client: Client, key: str = key, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait()
+            return client.submit(["same", "content"], idempotency_key=key)
+
+        with ThreadPoolExecutor(4) as pool:
+            ids = set(pool.map(submit, clients))
+        assert len(ids) == 1, ids
+        (job_id,) = ids
+        r = clients[0].store.redis
+        assert r.exists(keyspace.job(job_id))
 
 
 def test_an_idempotency_key_reused_for_other_content_is_refused(store: JobStore) -> None:

@@ -133,14 +133,19 @@ class Client:
         # Every message is serialised before anything is written: a job that could not be
         # sent leaves nothing behind.
         messages = spec.messages(job_id, now, self.settings.chunk_size)
+        self._guard(lambda: self.store.create_job(job_id, spec))
         if spec.idempotency_key is not None:
             key, fingerprint = spec.idempotency_key, spec.fingerprint()
-            earlier = self._guard(
-                lambda: self.store.claim_idempotency_key(key, fingerprint, job_id)
-            )
+            try:
+                earlier = self._guard(
+                    lambda: self.store.claim_idempotency_key(key, fingerprint, job_id)
+                )
+            except BaseException:
+                self._guard(lambda: self.store.discard_job(job_id))
+                raise
             if earlier is not None:
+                self._guard(lambda: self.store.discard_job(job_id))
                 return earlier
-        self._guard(lambda: self.store.create_job(job_id, spec))
         try:
             app = self.celery
             with app.producer_or_acquire() as producer:

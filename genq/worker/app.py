@@ -79,6 +79,10 @@ class FlowControl:
             qos.value = want
             qos.update()
 
+    def touch(self) -> None:
+        """A message was received (admitted or refused): the consumer is not stalled."""
+        self.last_activity = time.monotonic()
+
     def soon(self) -> None:
         if self.consumer is not None:
             self.consumer.call_soon(self.update)
@@ -112,6 +116,19 @@ class FlowControl:
 
         if self.consumer is not None:
             self.consumer.call_soon(orphan)
+
+
+# Redis errors that pass: a message that met one is requeued rather than refused.
+_REDIS_AWAY = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+    # An ACL that denies a script is a configuration to fix, not a reason to drop the work.
+    redis.exceptions.NoPermissionError,
+)
 
 
 def read_chunk(payload: Any) -> WorkChunk:
@@ -181,10 +198,19 @@ def create_app(
                     dead.refuse(message_text(message), str(e), task=GENERATE_TASK, job_id=job_id)
                     acknowledge(message)
                     return
-                except RedisError as e:
-                    # Redis is away or read-only (failover): hand the message back for later.
+                except _REDIS_AWAY as e:
+                    # Redis is away, loading, read-only (failover) or full: hand the message
+                    # back for later.
                     log.warning("could not admit message (%s); requeueing it", e)
                     reject(log, errors, True)
+                    return
+                except RedisError as e:
+                    # An answer that will be the same next time (a script error, a record of
+                    # another version): requeueing would spin on the message forever.
+                    job_id = chunk.job_id if chunk is not None else None
+                    reason = f"Redis refused to admit it ({type(e).__name__}: {e})"
+                    dead.refuse(message_text(message), reason, task=GENERATE_TASK, job_id=job_id)
+                    acknowledge(message)
                     return
                 # The engine thread finishes deliveries; the ack itself runs on this thread.
                 delivery = Delivery(
@@ -194,7 +220,7 @@ def create_app(
                     lambda: consumer.call_soon(acknowledge, message),
                 )
                 scheduler.add(delivery, ready)
-                flow.last_activity = time.monotonic()
+                flow.touch()
                 flow.update()
 
             return on_message
@@ -351,7 +377,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     if loop.failure is not None:
         raise loop.failure
     flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
-    dead = DeadLetters(store, worker_id, settings.queue)
+    dead = DeadLetters(store, worker_id, settings.queue, flow.touch)
     app = create_app(settings, loop, flow, dead)
     info = WorkerInfo(
         id=worker_id,
@@ -394,6 +420,11 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     ]
     controllers: list[Any] = []  # Celery's WorkController, to read its exit code
     signals.worker_init.connect(lambda sender, **_: controllers.append(sender), weak=False)
+    # Celery's SIGINT/SIGQUIT handlers stop with exit code 1 too: a stop someone asked for.
+    asked_to_stop: list[str] = []
+    signals.worker_shutting_down.connect(
+        lambda sig="", **_: asked_to_stop.append(str(sig)), weak=False
+    )
     try:
         # worker_main swallows the exit status Celery's worker ends with: read it below.
         app.worker_main(argv)
@@ -411,7 +442,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
             "worker stopped and its unfinished messages went back to the queue"
         ) from loop.failure
     exitcode = controllers[-1].exitcode if controllers else None
-    if exitcode:
+    if exitcode and not asked_to_stop:
         raise WorkerCrashedError(
             f"the Celery worker stopped on an unrecoverable error (status {exitcode}; see the "
             "log above); its unfinished messages go back to the queue"

@@ -43,10 +43,13 @@ _REASON_CHARS = 500
 class DeadLetters:
     """Refuses messages: one log line each, and an entry in the dead-letter list."""
 
-    def __init__(self, store: JobStore, worker_id: str, queue: str) -> None:
+    def __init__(
+        self, store: JobStore, worker_id: str, queue: str, on_refused: Callable[[], None]
+    ) -> None:
         self.store = store
         self.worker_id = worker_id
         self.queue = queue
+        self.on_refused = on_refused  # a refused message is activity too (stall watchdog)
 
     def refuse(
         self,
@@ -58,6 +61,7 @@ class DeadLetters:
         job_id: str | None = None,
     ) -> None:
         """Keep ``raw`` (the message as text) with ``reason``; never raises."""
+        self.on_refused()
         reason = " ".join(reason.split())[:_REASON_CHARS]
         log.error("refused a message (dead-lettered, see `genq dead`): %s", reason)
         try:
@@ -95,14 +99,19 @@ def envelope_problem(payload: Any) -> str | None:
         isinstance(info.get(k), str) for k in ("exchange", "routing_key")
     ):
         return "the envelope's delivery_info lacks exchange and routing_key"
+    headers = payload.get("headers") or {}
+    if not isinstance(headers, dict):
+        return "the envelope's headers are not an object"
+    if headers.get("compression"):
+        # kombu would decompress the body without a bound (a small zlib bomb is gigabytes);
+        # genq producers never compress.
+        return "the body is compressed (genq messages never are)"
     if properties.get("body_encoding", "base64") != "base64":
         return f"unknown body encoding {str(properties.get('body_encoding'))[:40]!r}"
     if not isinstance(properties.get("priority", 0), int):
         return "the envelope's priority is not an integer"
     if not isinstance(payload.get("body", ""), str):
         return "the envelope's body is not a string"
-    if not isinstance(payload.get("headers") or {}, dict):
-        return "the envelope's headers are not an object"
     for key in ("content-type", "content-encoding"):
         if not isinstance(payload.get(key) or "", str):
             return f"the envelope's {key} is not a string"
@@ -152,19 +161,21 @@ class GuardedChannel(kombu_redis.Channel):  # type: ignore[misc]
 
     def _checked(self, item: bytes | str) -> dict[str, Any] | None:
         """The decoded item, or None after refusing it."""
-        text = bytes_to_str(item) if isinstance(item, bytes) else item
         size = len(item)
         if size > MAX_MESSAGE_BYTES:
+            head = item[:DEAD_LETTER_MESSAGE_CHARS]
             self.refuse(
-                text[:DEAD_LETTER_MESSAGE_CHARS],
+                head.decode("utf-8", "replace") if isinstance(head, bytes) else head,
                 f"the message is {size} bytes, over the limit of {MAX_MESSAGE_BYTES} "
                 "(genq producers never send one that large)",
                 size=size,
             )
             return None
+        text = bytes_to_str(item) if isinstance(item, bytes) else item
         try:
             payload = loads(text)
-        except (ValueError, RecursionError, TypeError) as e:
+        # kombu's object hook raises AttributeError and more for {"__type__": ...} values.
+        except Exception as e:
             why = "nested too deeply" if isinstance(e, RecursionError) else f"not JSON ({e})"
             self.refuse(text, f"the message is {why}", size=size)
             return None
@@ -197,7 +208,7 @@ def guarded_transport(dead: DeadLetters) -> type[kombu_redis.Transport]:
 def message_text(message: Any) -> str:
     """A received message as text for the dead-letter list: headers and body."""
     try:
-        body = message.body
+        body = message.body[:DEAD_LETTER_MESSAGE_CHARS]  # never the whole of a huge body
         if isinstance(body, bytes):
             body = body.decode("utf-8", "replace")
         return json.dumps({"headers": message.headers, "body": body}, default=str)

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import ValidationError
 
 from genq.errors import RefusedMessageError
+from genq.registry import BatchStats
 from genq.schema import (
     TERMINAL,
     ErrorInfo,
@@ -35,7 +36,6 @@ from genq.settings import OOM_RECOVERY_BATCHES, Settings
 from genq.store import JobStore
 from genq.worker.batching import plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
-from genq.worker_records import BatchStats
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,11 @@ class BatchRunner:
                 f"it names job {chunk.job_id}, which does not exist (never submitted to this "
                 "Redis, or expired after its TTL)"
             )
-        if admission.bad_index is not None or admission.params is None:
+        if admission.params is None:
+            raise RefusedMessageError(
+                f"job {chunk.job_id}'s record has no parameters (written by another genq version?)"
+            )
+        if admission.bad_index is not None:
             raise RefusedMessageError(
                 f"item index {admission.bad_index} is not one of job {chunk.job_id}'s "
                 f"{admission.total} items (0..{admission.total - 1})"
