@@ -78,14 +78,14 @@ class BatchRunner:
                 f"it names job {chunk.job_id}, which does not exist (never submitted to this "
                 "Redis, or expired after its TTL)"
             )
-        if admission.params is None:
-            raise RefusedMessageError(
-                f"job {chunk.job_id}'s record has no parameters (written by another genq version?)"
-            )
         if admission.bad_index is not None:
             raise RefusedMessageError(
                 f"item index {admission.bad_index} is not one of job {chunk.job_id}'s "
                 f"{admission.total} items (0..{admission.total - 1})"
+            )
+        if admission.params is None:
+            raise RefusedMessageError(
+                f"job {chunk.job_id}'s record has no parameters (written by another genq version?)"
             )
         try:
             items = [c.resolve(admission.params) for c in chunk.items]
