@@ -1,0 +1,147 @@
+"""Keeping a worker's consumer fed and alive: flow control of its prefetch window, and the
+heartbeat thread that renews its leases and record and watches for a stalled consumer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from genq.schema import WorkerInfo
+from genq.settings import CONSUMER_STALL_S
+from genq.store import JobStore
+from genq.worker.scheduler import Scheduler
+
+log = logging.getLogger("genq.worker")
+
+
+class FlowControl:
+    """Keeps about ``target`` prompts buffered by moving the prefetch window one message at a time.
+
+    Messages carry any number of prompts, so a window counted in messages would either starve
+    the engine (small messages) or hoard a queue that other workers could serve (big ones).
+    Runs on the consumer thread; other threads call :meth:`soon`.
+    """
+
+    def __init__(self, scheduler: Scheduler, target_prompts: int) -> None:
+        self.scheduler = scheduler
+        self.target = target_prompts
+        self.consumer: Any = None
+        # Messages whose lease was lost: never acked, they still fill a slot of kombu's
+        # prefetch window on this channel until the connection is re-established.
+        self.orphaned = 0
+        self.channel_generation = 0  # moves on at each (re)connection
+        self.last_activity = time.monotonic()  # a message received, or a (re)connection
+
+    def update(self) -> None:
+        qos = getattr(self.consumer, "qos", None)
+        if qos is None:
+            return
+        held = self.scheduler.held() + self.orphaned
+        want = held + 1 if self.scheduler.pending() < self.target else max(held, 1)
+        if want != qos.value:
+            qos.value = want
+            qos.update()
+
+    def touch(self) -> None:
+        """A message was received (admitted or refused): the consumer is not stalled."""
+        self.last_activity = time.monotonic()
+
+    def soon(self) -> None:
+        if self.consumer is not None:
+            self.consumer.call_soon(self.update)
+
+    def stalled(self, queued: int) -> bool:
+        """Whether the consumer is stuck: room to spare and ``queued`` messages waiting, yet
+        no message taken for CONSUMER_STALL_S (any thread)."""
+        idle_s = time.monotonic() - self.last_activity
+        return queued > 0 and self.scheduler.pending() < self.target and idle_s > CONSUMER_STALL_S
+
+    def reconnect(self) -> None:
+        """Make the consumer drop its broker connection and open a new one (any thread)."""
+
+        def fail() -> None:
+            # Raised in the consumer's event loop, a connection error is what Celery answers
+            # by re-establishing the connection (and EngineStep.stop releasing what it held).
+            raise redis.exceptions.ConnectionError("genq: consumer stalled; reconnecting")
+
+        self.last_activity = time.monotonic()
+        if self.consumer is not None:
+            self.consumer.call_soon(fail)
+
+    def lost(self, count: int) -> None:
+        """``count`` messages were released after their leases were lost (any thread)."""
+        generation = self.channel_generation
+
+        def orphan() -> None:
+            if generation == self.channel_generation:  # not a channel opened since
+                self.orphaned += count
+                self.update()
+
+        if self.consumer is not None:
+            self.consumer.call_soon(orphan)
+
+
+class Heartbeat(threading.Thread):
+    """Renews the leases on the messages the worker holds, and its record in Redis.
+
+    A thread of its own, so that a long forward pass never delays a renewal: a healthy worker
+    keeps its messages however long its batches run, and a dead one loses them within a lease.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        info: WorkerInfo,
+        period_s: float,
+        scheduler: Scheduler,
+        flow: FlowControl,
+        queue: str,
+    ) -> None:
+        super().__init__(name="genq-heartbeat", daemon=True)
+        self.queue = queue
+        self.store = store
+        self.info = info
+        self.period_s = period_s
+        self.scheduler = scheduler
+        self.flow = flow
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except Exception as e:  # Redis away: keep trying, the worker itself reconnects
+                log.warning("heartbeat failed: %s", e)
+            if self.stopped.wait(self.period_s):
+                return
+
+    def beat(self) -> None:
+        lost = self.store.renew_leases(self.scheduler.held_tags())
+        # A tag acked since the snapshot is not held any more: release() skips it.
+        released, dropped = self.scheduler.release(lost) if lost else ([], 0)
+        if released:
+            self.flow.lost(len(released))
+            log.warning(
+                "lease lost on %d message(s) (not renewed for GENQ_LEASE_S): they were requeued "
+                "for another worker; %d waiting item(s) dropped here",
+                len(released),
+                dropped,
+            )
+        if not self.store.heartbeat(self.info.id, self.period_s):
+            self.store.register_worker(self.info, self.period_s)  # e.g. Redis restarted
+        queued = self.store.queue_length(self.queue)
+        if self.flow.stalled(queued):
+            log.warning(
+                "the consumer took no message for %.0f s while %d wait in the queue: "
+                "reconnecting to the broker",
+                CONSUMER_STALL_S,
+                queued,
+            )
+            self.flow.reconnect()
+
+    def stop(self) -> None:
+        self.stopped.set()
