@@ -3,12 +3,9 @@ and Redis URLs through the real `genq` command (and the Python client), against 
 
 from __future__ import annotations
 
-import http.server
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +13,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ROOT, RedisProcess
+from conftest import ROOT, RedisProcess, listening
 
 from genq.errors import InvalidJobError
 from genq.producer.client import Client
@@ -573,27 +570,10 @@ def test_the_client_refuses_bad_input_before_writing_anything(
 # --- Redis URLs --------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def http_port() -> Iterator[int]:
-    """A plain HTTP server on a free port: what a redis:// URL with a web server's port finds."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    server.RequestHandlerClass.log_message = lambda *args: None  # type: ignore[method-assign]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
 def not_redis_url(request: pytest.FixtureRequest, where: str) -> str:
     """The URL for ``where``: a port of the machine's PostgreSQL or RabbitMQ (skipped when
     nothing listens there) or of a throwaway HTTP server."""
-    port = request.getfixturevalue("http_port") if where == "http" else int(where)
+    port = request.getfixturevalue("http_server") if where == "http" else int(where)
     if not listening(port):
         pytest.skip(f"nothing listens on port {port} here")
     return f"redis://genq:{SECRET}@127.0.0.1:{port}/0"

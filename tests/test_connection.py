@@ -4,17 +4,16 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
-from conftest import RedisProcess, free_port
+from conftest import RedisProcess, free_port, listening
 
 from genq.connection import connect, explain_redis_error
 from genq.errors import BrokerUnavailableError, ConfigError, RedisAccessError, RedisUrlError
@@ -183,23 +182,6 @@ def close_at_once(conn: socket.socket) -> None:
 
 def send_garbage(conn: socket.socket) -> None:
     conn.sendall(b"hello, this is not redis\r\n")
-
-
-@pytest.fixture
-def http_server() -> Iterator[int]:
-    """A plain HTTP server on a free port (what a redis:// URL with a web port reaches)."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
-    server.RequestHandlerClass.log_message = lambda *args: None  # type: ignore[method-assign]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_an_http_server_is_said_not_to_be_redis(http_server: int) -> None:
