@@ -30,10 +30,12 @@ PASSWORD = "genq-Secr3t-7a1f"
 WRONG_PASSWORD = "Wr0ng-pw-9c2e"
 ROOT_PASSWORD = "requirepass-5d3b"
 # Least privilege that genq needs, broker included: keys under genq: only, no pub/sub channel,
-# data and script commands only (gossip, mingle, events and remote control are off).
+# data and script commands only (gossip, mingle, events and remote control are off), and INFO,
+# which tells genq whether Redis keeps an append-only file (its warnings; without it they are
+# skipped).
 GENQ_USER = (
     f"genq on >{PASSWORD} ~genq:* resetchannels -@all +@read +@write +@scripting +@connection "
-    "+@transaction -@dangerous"
+    "+@transaction -@dangerous +info"
 )
 # `requirepass` is the default user's password: what a password-only URL logs in as.
 DEFAULT_USER = f"default on >{ROOT_PASSWORD} ~* &* +@all"
