@@ -579,15 +579,20 @@ def not_redis_url(request: pytest.FixtureRequest, where: str) -> str:
     return f"redis://genq:{SECRET}@127.0.0.1:{port}/0"
 
 
+def submit_to(genq_cli: Cli, tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    """`genq submit` of a one-prompt file against ``url``."""
+    source = tmp_path / "p.txt"
+    source.write_text("hello\n")
+    return genq_cli("submit", str(source), env={"GENQ_REDIS_URL": url}, timeout=60)
+
+
 @pytest.mark.parametrize("where", ["http", "5432", "5672"], ids=["http", "postgres", "rabbitmq"])
 def test_submit_to_a_server_that_is_not_redis_says_so(
     genq_cli: Cli, tmp_path: Path, request: pytest.FixtureRequest, where: str
 ) -> None:
     url = not_redis_url(request, where)
-    source = tmp_path / "p.txt"
-    source.write_text("hello\n")
     port = url.rsplit(":", 1)[1].split("/")[0]
-    result = genq_cli("submit", str(source), env={"GENQ_REDIS_URL": url}, timeout=60)
+    result = submit_to(genq_cli, tmp_path, url)
     text = assert_one_clear_line(
         result,
         (f"the server at 127.0.0.1:{port}", "it is not a Redis server", "Check the host and port"),
@@ -600,11 +605,9 @@ def test_submit_to_a_server_that_is_not_redis_says_so(
 def test_submit_to_a_database_the_server_lacks_says_how_many_it_has(
     genq_cli: Cli, tmp_path: Path, redis_server: RedisProcess, genq_keys: Callable[[], set[str]]
 ) -> None:
-    source = tmp_path / "p.txt"
-    source.write_text("hello\n")
     url = f"redis://:{SECRET}@127.0.0.1:{redis_server.port}/99"
     before = genq_keys()
-    result = genq_cli("submit", str(source), env={"GENQ_REDIS_URL": url})
+    result = submit_to(genq_cli, tmp_path, url)
     assert_one_clear_line(
         result, ("has no database 99: it has 16 (0 to 15)", "Change the /99"), EXIT_FAILED
     )
@@ -624,11 +627,9 @@ def test_submit_with_a_password_that_needs_percent_encoding_says_how(
     password: str,
     encoding: str,
 ) -> None:
-    source = tmp_path / "p.txt"
-    source.write_text("hello\n")
     url = f"redis://genq:{SECRET}{password}@127.0.0.1:{redis_server.port}/0"
     before = genq_keys()
-    result = genq_cli("submit", str(source), env={"GENQ_REDIS_URL": url})
+    result = submit_to(genq_cli, tmp_path, url)
     assert_one_clear_line(result, ("must be percent-encoded", encoding), EXIT_INVALID)
     assert SECRET not in result.stderr
     assert genq_keys() == before
@@ -646,10 +647,7 @@ def test_submit_with_a_password_that_needs_percent_encoding_says_how(
 def test_submit_with_a_malformed_url_is_one_line(
     genq_cli: Cli, tmp_path: Path, url: str, message: str
 ) -> None:
-    source = tmp_path / "p.txt"
-    source.write_text("hello\n")
-    result = genq_cli("submit", str(source), env={"GENQ_REDIS_URL": url})
-    assert_one_clear_line(result, (message,), EXIT_INVALID)
+    assert_one_clear_line(submit_to(genq_cli, tmp_path, url), (message,), EXIT_INVALID)
 
 
 def run_worker(url: str) -> tuple[int, str, float]:

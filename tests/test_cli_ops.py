@@ -253,7 +253,7 @@ def test_list_jobs_scans_past_a_page_and_pruned_ids(client: Client) -> None:
     assert [info.id for info in store.list_jobs(5, query)] == [oldest]
     assert not store.redis.zscore(keyspace.jobs_index(), newer[-1])  # pruned
     statuses = JobQuery(statuses=frozenset({JobStatus.QUEUED}), metadata={"scan": tag})
-    assert [info.id for info in client.find_jobs(statuses, 1)] == [oldest]
+    assert [info.id for info in client.jobs(1, statuses)] == [oldest]
 
 
 def test_submit_warns_when_no_live_worker_consumes_the_queue_and_wait_says_so(

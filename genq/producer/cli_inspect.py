@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import click
 
-from genq.producer.cli_options import KeyValue, client_from
+from genq.producer.cli_options import KeyValue, client_from, limit_option
 from genq.producer.cli_output import emit_rows, print_note
 from genq.schema import JobStatus
 from genq.store import JobQuery
 
 
 @click.command()
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 1000),
-    default=20,
-    show_default=True,
-    help="Show at most this many jobs.",
-)
+@limit_option("Show at most this many jobs.")
 @click.option(
     "--status",
     "statuses",
@@ -49,7 +43,7 @@ def jobs(
     total, failed, created (UTC), metadata.
     """
     query = JobQuery(frozenset(JobStatus(s) for s in statuses), dict(metadata))
-    infos = client_from(ctx).find_jobs(query, limit)
+    infos = client_from(ctx).jobs(limit, query)
     if as_json:
         for info in infos:
             click.echo(info.model_dump_json())
@@ -106,13 +100,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
 
 
 @click.command()
-@click.option(
-    "--limit",
-    type=click.IntRange(1, 1000),
-    default=20,
-    show_default=True,
-    help="Show at most this many, newest first.",
-)
+@limit_option("Show at most this many, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option(
     "--purge", is_flag=True, help="Delete every dead letter instead, and say how many there were."

@@ -177,6 +177,13 @@ def apply(options: list[Callable[[F], F]]) -> Callable[[F], F]:
     return decorate
 
 
+def limit_option(help_text: str) -> Callable[[F], F]:
+    """``--limit N`` (1 to 1000, default 20) of a listing command."""
+    return click.option(
+        "--limit", type=click.IntRange(1, 1000), default=20, show_default=True, help=help_text
+    )
+
+
 def client_from(ctx: click.Context) -> Client:
     """The client for a command, on the settings the ``genq`` group read."""
     return Client(settings=ctx.find_object(Settings))

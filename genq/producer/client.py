@@ -181,9 +181,10 @@ class Client:
         """The job's status and counters (one Redis call, whatever its size)."""
         return self._guard(lambda: self.store.get(job_id))
 
-    def jobs(self, limit: int = 20) -> list[JobInfo]:
-        """The most recent jobs, newest first."""
-        return self._guard(lambda: self.store.list_jobs(limit))
+    def jobs(self, limit: int = 20, query: JobQuery | None = None) -> list[JobInfo]:
+        """The most recent jobs, newest first; with ``query``, those matching it (statuses,
+        metadata), from the newest LIST_JOBS_SCAN_LIMIT jobs (see :meth:`JobStore.list_jobs`)."""
+        return self._guard(lambda: self.store.list_jobs(limit, query))
 
     def results(self, job_id: str, offset: int = 0, limit: int = 100) -> list[ItemResult]:
         """One page of results in input order (items still running are skipped)."""
@@ -199,13 +200,6 @@ class Client:
             for result in self.results(job_id, offset, page_size):
                 if only.keeps(result):
                     yield result
-
-    def find_jobs(self, query: JobQuery, limit: int = 20) -> list[JobInfo]:
-        """The most recent jobs matching ``query`` (statuses, metadata), newest first.
-
-        Reads the newest LIST_JOBS_SCAN_LIMIT jobs at most (see :meth:`JobStore.list_jobs`).
-        """
-        return self._guard(lambda: self.store.list_jobs(limit, query))
 
     def retry(self, job_id: str, *, idempotency_key: str | None = None) -> str | None:
         """Submit the failed items of an ended job again, as a new job; return its id, or
