@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -78,3 +79,39 @@ def test_int8_sampling_returns_every_sequence(tiny_model: Path, cache_dir: Path)
     assert "int8" in engine.device
     generations = engine.generate(prepare(engine, do_sample=True, num_return_sequences=2))
     assert all(len(g.outputs) == 2 and g.completion_tokens == 24 for g in generations)
+
+
+def test_the_step_callback_cannot_reach_the_engine(ct2: CT2Engine) -> None:
+    # CTranslate2 drops the callback on its own thread; a callback that keeps the engine (and
+    # so the Generator) alive can make that thread destroy the Generator, which aborts the
+    # process (CI saw it once).
+    seen: list[object] = []
+    real = ct2.generator
+
+    class Spy:
+        def generate_batch(self, *args: object, **kwargs: object) -> object:
+            seen.append(kwargs["callback"])
+            return real.generate_batch(*args, **kwargs)
+
+    ct2.generator = Spy()  # type: ignore[assignment]
+    try:
+        ct2.generate(prepare(ct2))
+    finally:
+        ct2.generator = real
+    assert seen
+    for callback in seen:
+        assert not reaches(callback, {id(ct2), id(real)})
+
+
+def reaches(start: object, targets: set[int], limit: int = 50_000) -> bool:
+    """Whether any object in ``targets`` (by id) is reachable from ``start`` by references."""
+    pending, visited = [start], set()
+    while pending and len(visited) < limit:
+        obj = pending.pop()
+        if id(obj) in targets:
+            return True
+        if id(obj) in visited or isinstance(obj, type):
+            continue
+        visited.add(id(obj))
+        pending.extend(gc.get_referents(obj))
+    return False

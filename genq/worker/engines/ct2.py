@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -163,15 +164,19 @@ class CT2Engine:
         stops = [p.params.stop for p in rows]
         generated: list[list[int]] = [[] for _ in rows]
         finished: dict[int, FinishReason] = {}
+        # The callback must not reach the engine (no `self`): CTranslate2 drops it on its own
+        # thread, and if that drops the last reference to the Generator, the Generator's thread
+        # pool joins itself and aborts the process.
+        eos_id, decode = self.eos_id, partial(decode_text, self.tokenizer)
 
         def on_token(step: Any) -> bool:
             row = step.batch_id
             if row in finished:
                 return True
             generated[row].append(step.token_id)
-            if step.token_id == self.eos_id:
+            if step.token_id == eos_id:
                 finished[row] = "eos"
-            elif stops[row] and ends_with_stop(self._decode, generated[row], stops[row]):
+            elif stops[row] and ends_with_stop(decode, generated[row], stops[row]):
                 finished[row] = "stop"
             elif len(generated[row]) >= limits[row]:
                 finished[row] = "length"
@@ -193,7 +198,10 @@ class CT2Engine:
         return [(generated[i], finished.get(i, "length")) for i in range(len(rows))]
 
     def _decode(self, ids: list[int]) -> str:
-        text: str = self.tokenizer.decode(
-            ids, skip_special_tokens=True, clean_up_tokenization_spaces=False
-        )  # type: ignore[assignment]
-        return text
+        return decode_text(self.tokenizer, ids)
+
+
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """``ids`` as text, special tokens left out and spacing as generated."""
+    text: str = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return text
