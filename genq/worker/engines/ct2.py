@@ -203,5 +203,5 @@ class CT2Engine:
 
 def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
     """``ids`` as text, special tokens left out and spacing as generated."""
-    text: str = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return text
+    text = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return str(text)
