@@ -86,3 +86,8 @@ class JobVanishedError(JobNotFoundError):
 
 class JobNotFinishedError(GenqError):
     """The operation needs a job that has ended (e.g. `genq retry`), and it is still running."""
+
+
+class MissingExtraError(ConfigError):
+    """A command needs packages this install lacks (the worker's stack is an extra:
+    ``pip install 'genq[worker]'``)."""

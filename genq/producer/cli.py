@@ -9,6 +9,7 @@ carries only what scripts read (a job id, JSON, results, tab-separated rows).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from genq.errors import (
     InvalidIdError,
     InvalidJobError,
     JobNotFoundError,
+    MissingExtraError,
     WaitTimeoutError,
 )
 from genq.producer.cli_inspect import dead, jobs, workers
@@ -302,6 +304,20 @@ def cancel(ctx: click.Context, job_id: str, as_json: bool) -> None:
     click.echo(f"{info.id}  {info.status.value}  {info.done}/{info.total} done")
 
 
+WORKER_STACK = ("torch", "transformers", "tokenizers", "safetensors")
+
+
+def _require_worker_stack(command: str) -> None:
+    """Refuse a command that runs the model on an install without the worker's packages."""
+    missing = [name for name in WORKER_STACK if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MissingExtraError(
+            f"`genq {command}` runs the model and needs {', '.join(missing)}, which this install "
+            "lacks; install the worker's stack: pip install 'genq[worker]' (or 'genq[ct2]' for "
+            "the CTranslate2 engine). Submitting and reading jobs need neither."
+        )
+
+
 def _worker_settings(settings: Settings, options: dict[str, Any]) -> Settings:
     updates = {k: v for k, v in options.items() if v is not None}
     return load_settings(**{"redis_url": settings.redis_url, **updates})
@@ -312,6 +328,7 @@ def _worker_settings(settings: Settings, options: dict[str, Any]) -> Settings:
 @click.pass_context
 def worker(ctx: click.Context, /, **options: Any) -> None:
     """Run a worker (one per GPU). Other options go to `celery worker`, e.g. --loglevel=DEBUG."""
+    _require_worker_stack("worker")
     from genq.worker.app import run_worker
 
     run_worker(_worker_settings(ctx.find_object(Settings), options), ctx.args)  # type: ignore[arg-type]
@@ -332,6 +349,7 @@ def run(
     ctx: click.Context, /, file: str, output: str, timeout: float | None, **options: Any
 ) -> None:
     """Do a whole job on this machine: embedded server, one worker, progress bar; no Redis."""
+    _require_worker_stack("run")
     from genq.producer.embedded import WorkerProcess, embedded_redis, scratch_dir
 
     settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
@@ -386,6 +404,7 @@ _WORKER_KEYS = {
 )
 def random_model(directory: str, tokenizer: str | None, preset: str) -> None:
     """Save a GPT-2 with random weights (for trying genq where no weights can be downloaded)."""
+    _require_worker_stack("random-model")
     from genq.devtools.random_model import PRESETS, build_random_gpt2
 
     path = build_random_gpt2(Path(directory), PRESETS[preset], tokenizer_dir=tokenizer)
