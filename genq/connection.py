@@ -304,11 +304,21 @@ def connect(redis_url: str) -> redis.Redis:
 
     The URL's text is checked first (:func:`check_redis_url`); what the server says comes with
     the first command, and :func:`explain_redis_error` explains it."""
+    return _open(redis_url, decode_responses=True)
+
+
+def connect_binary(redis_url: str) -> redis.Redis:
+    """As :func:`connect`, for values that are bytes (API files: a chunk may end inside a
+    UTF-8 sequence, and an upload need not be UTF-8 at all)."""
+    return _open(redis_url, decode_responses=False)
+
+
+def _open(redis_url: str, decode_responses: bool) -> redis.Redis:
     check_redis_url(redis_url)
     try:
         client = redis.Redis.from_url(
             redis_url,
-            decode_responses=True,
+            decode_responses=decode_responses,
             health_check_interval=30,
             socket_connect_timeout=5,
             socket_timeout=REDIS_SOCKET_TIMEOUT_S,

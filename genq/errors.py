@@ -91,3 +91,12 @@ class JobNotFinishedError(GenqError):
 class MissingExtraError(ConfigError):
     """A command needs packages this install lacks (the worker's stack is an extra:
     ``pip install 'genq[worker]'``)."""
+
+
+class WebhookTargetError(ConfigError):
+    """A webhook URL genq will not call: not http(s), unresolvable, or (unless
+    GENQ_WEBHOOK_ALLOW_PRIVATE=1) on a private, loopback or link-local address."""
+
+
+class ApiConfigError(ConfigError):
+    """`genq api` cannot start as configured (no API keys, an unreadable tenants file)."""

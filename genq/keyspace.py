@@ -4,6 +4,8 @@ genq:job:{id}               hash   status, counters, timestamps, params/metadata
 genq:job:{id}:results       hash   item index -> ItemResult JSON (first write wins)
 genq:job:{id}:attempts      hash   item index -> times a worker started it (dropped at the end)
 genq:jobs                   zset   job ids by creation time
+genq:deadlines              zset   job id -> its deadline (expires_in_s): swept, so that a job
+                                   nobody looks at still ends (and says so) on time
 genq:workers                zset   worker ids by last heartbeat
 genq:worker:{id}            hash   WorkerInfo fields and counters
 genq:worker:{id}:batches    hash   sequences per batch -> number of batches
@@ -14,6 +16,19 @@ genq:celery:unacked_index   zset   delivery tag -> lease time: renewed by the ho
 genq:celery:dead            list   DeadLetter JSON, newest first: messages no worker could use
                                    (bounded to DEAD_LETTER_LIMIT entries)
 genq:notice:{name}          string a warning already shown once for this Redis (e.g. no AOF)
+genq:file:{id}              hash   an API file's metadata (tenant, bytes, lines, line errors)
+genq:file:{id}:data         list   the file's bytes, in chunks of about FILE_CHUNK_BYTES
+genq:batch:{job id}         hash   the OpenAI batch view of a job (endpoint, files, timestamps)
+genq:batch:{job id}:ids     list   custom_id of every line, in input order (for the error file)
+genq:batch:{job id}:finalize string lock: one process writes the batch's output files
+genq:tenant:{t}:files       zset   a tenant's file ids by creation time
+genq:tenant:{t}:batches     zset   a tenant's batch ids by creation time
+genq:tenant:{t}:jobs        zset   a tenant's native-API job ids by creation time
+genq:http-idempotency:{h}   string an Idempotency-Key's request fingerprint and first answer
+genq:webhooks:outbox        zset   job id -> when its end event is due (written by the scripts
+                                   that end a job, atomically with the end)
+genq:webhooks:state         hash   job id -> delivery attempts so far (JSON)
+genq:webhooks:failed        list   events given up on after WEBHOOK_RETRY_FOR_S (newest first)
 """
 
 from __future__ import annotations
@@ -66,6 +81,10 @@ def jobs_index() -> str:
     return namespace("jobs")
 
 
+def deadlines() -> str:
+    return namespace("deadlines")
+
+
 def workers_index() -> str:
     return namespace("workers")
 
@@ -104,6 +123,56 @@ def celery_dead() -> str:
 def notice(name: str) -> str:
     """Marks a one-time warning (``name``) as already given for this Redis."""
     return namespace("notice", checked_id(name, "notice name"))
+
+
+def file(file_id: str) -> str:
+    return namespace("file", checked_id(file_id, "file id"))
+
+
+def file_data(file_id: str) -> str:
+    return namespace("file", checked_id(file_id, "file id"), "data")
+
+
+def batch(job_id: str) -> str:
+    return namespace("batch", checked_id(job_id, "batch id"))
+
+
+def batch_custom_ids(job_id: str) -> str:
+    return namespace("batch", checked_id(job_id, "batch id"), "ids")
+
+
+def batch_finalize_lock(job_id: str) -> str:
+    return namespace("batch", checked_id(job_id, "batch id"), "finalize")
+
+
+def tenant_files(tenant: str) -> str:
+    return namespace("tenant", checked_id(tenant, "tenant name"), "files")
+
+
+def tenant_batches(tenant: str) -> str:
+    return namespace("tenant", checked_id(tenant, "tenant name"), "batches")
+
+
+def tenant_jobs(tenant: str) -> str:
+    return namespace("tenant", checked_id(tenant, "tenant name"), "jobs")
+
+
+def http_idempotency(tenant: str, key: str) -> str:
+    """Where an HTTP Idempotency-Key of a tenant is remembered (hashed: keys are any text)."""
+    digest = hashlib.sha256(f"{tenant}\0{key}".encode("utf-8", "surrogatepass")).hexdigest()
+    return namespace("http-idempotency", digest[:40])
+
+
+def webhook_outbox() -> str:
+    return namespace("webhooks", "outbox")
+
+
+def webhook_state() -> str:
+    return namespace("webhooks", "state")
+
+
+def webhook_failed() -> str:
+    return namespace("webhooks", "failed")
 
 
 def celery_unacked_index() -> str:

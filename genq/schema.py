@@ -144,6 +144,26 @@ class GenerationParams(BaseModel):
         return GenerationParams.model_validate({**base, **overrides})
 
 
+ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat conversation (an OpenAI ``/v1/chat/completions`` line)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: ChatRole
+    content: Text = Field(max_length=defaults.MAX_PROMPT_BYTES_LIMIT)
+    name: Text | None = Field(None, max_length=64)
+
+
+def chat_transcript(messages: Sequence[ChatMessage]) -> str:
+    """A conversation as plain text ("role: content" lines): what results show as the item's
+    prompt and what the size limits count. The worker renders the model's chat template from
+    the messages themselves."""
+    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+
+
 class JobItem(BaseModel):
     """One prompt of a job, as a user submits it."""
 
@@ -151,6 +171,19 @@ class JobItem(BaseModel):
 
     prompt: Text = Field(min_length=1)
     custom_id: CustomId | None = None
+    # A chat item: the worker renders these with the model's chat template (or
+    # GENQ_CHAT_TEMPLATE) and generates the assistant's reply; ``prompt`` is their transcript.
+    messages: tuple[ChatMessage, ...] | None = Field(None, min_length=1, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _chat_prompt(cls, data: Any) -> Any:
+        # A chat item may leave out the prompt: it is the conversation's transcript.
+        if isinstance(data, Mapping) and data.get("messages") and data.get("prompt") is None:
+            messages = [ChatMessage.model_validate(m) for m in data["messages"]]
+            return {**data, "prompt": chat_transcript(messages) or "-"}
+        return data
+
     # The item's overrides; their keys and values are checked against the job's parameters
     # when they are merged (validate_job), which knows both.
     params: dict[Text, Any] | None = None
@@ -196,7 +229,13 @@ class JobSpec(BaseModel):
             job_id,
             enqueued_at,
             [
-                ChunkItem(index=i, prompt=item.prompt, custom_id=item.custom_id, params=item.params)
+                ChunkItem(
+                    index=i,
+                    prompt=item.prompt,
+                    custom_id=item.custom_id,
+                    params=item.params,
+                    messages=item.messages,
+                )
                 for i, item in enumerate(self.items)
             ],
             max_items,
@@ -237,6 +276,7 @@ class ChunkItem(BaseModel):
     prompt: str = Field(min_length=1)
     custom_id: str | None = Field(None, min_length=1, max_length=defaults.MAX_CUSTOM_ID_CHARS)
     params: dict[str, Any] | None = None  # the item's own overrides of the job's defaults
+    messages: tuple[ChatMessage, ...] | None = None  # a chat item (see JobItem.messages)
 
     def resolve(self, job_params: GenerationParams) -> WorkItem:
         """The item with its identity and merged parameters (ValidationError if they are bad)."""
@@ -246,6 +286,7 @@ class ChunkItem(BaseModel):
             prompt=self.prompt,
             params=job_params.with_overrides(self.params),
             overrides=self.params or None,
+            messages=self.messages,
         )
 
 
@@ -259,6 +300,9 @@ class WorkItem(BaseModel):
     prompt: str
     params: GenerationParams
     overrides: dict[str, Any] | None = None  # as submitted, for the result (and `genq retry`)
+    # A chat item: the worker generates from these rendered with the chat template, not from
+    # ``prompt`` (their plain transcript).
+    messages: tuple[ChatMessage, ...] | None = None
 
 
 class WorkChunk(BaseModel):
@@ -303,6 +347,8 @@ class ItemErrorType(str, Enum):
     INVALID_PARAMS = "invalid_params"  # parameters that only the tokenizer can check
     EMPTY_PROMPT = "empty_prompt"  # the prompt tokenises to nothing
     GENERATION_ERROR = "generation_error"  # the engine raised for this item
+    NO_CHAT_TEMPLATE = "no_chat_template"  # a chat item, and the model has no chat template
+    INVALID_REQUEST = "invalid_request"  # refused before it ran (an API line genq cannot honour)
     EXPIRED = "expired"  # the job's deadline passed before the item was generated
     OUT_OF_MEMORY = "out_of_memory"  # the device ran out of memory even with the item alone
     WORKER_LOST = "worker_lost"  # its worker died every time it was being generated
@@ -372,6 +418,7 @@ class JobInfo(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict)
     error: str | None = None  # why the whole job failed, when status is failed
     expires_at: datetime | None = None  # the job's deadline, when it has one
+    tenant: str | None = None  # the API tenant that owns it (None: submitted from Redis directly)
 
     @property
     def done(self) -> int:

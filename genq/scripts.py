@@ -8,9 +8,23 @@ from __future__ import annotations
 
 _TERMINAL = "{completed=true, failed=true, cancelled=true, expired=true}"
 
+# Every script that ends a job calls this in the same step: a job with someone to tell (its
+# record has `notify`: a batch of a tenant with a webhook, a native job with a callback_url)
+# gets its end event into the webhook outbox atomically with the end. KEYS[4]: the outbox.
+_NOTIFY = """
+local function notify(now)
+  if redis.call('HEXISTS', KEYS[1], 'notify') == 1 then
+    redis.call('ZADD', KEYS[4], 'NX', now, redis.call('HGET', KEYS[1], 'id'))
+  end
+end
+"""
+
 # A job past its deadline turns expired on first sight, by whoever looks (worker or producer).
-# KEYS: job, results, attempts. ARGV[1]: now, ARGV[2]: ttl_s. Returns the status it has afterwards.
-_EXPIRE_IF_DUE = """
+# KEYS: job, results, attempts, outbox. ARGV[1]: now, ARGV[2]: ttl_s. Returns the status it has
+# afterwards.
+_EXPIRE_IF_DUE = (
+    _NOTIFY
+    + """
 local function expire_if_due()
   local fields = redis.call('HMGET', KEYS[1], 'status', 'expires_at')
   local status, expires_at = fields[1], fields[2]
@@ -20,11 +34,13 @@ local function expire_if_due()
     redis.call('EXPIRE', KEYS[1], ARGV[2])
     redis.call('EXPIRE', KEYS[2], ARGV[2])
     redis.call('DEL', KEYS[3])
+    notify(ARGV[1])
     return 'expired'
   end
   return status
 end
 """
+)
 
 # An item index given as text is one of the job's when it is a whole number in 0..total-1.
 _VALID_INDEX = """
@@ -34,11 +50,12 @@ local function valid_index(text, total)
 end
 """
 
-# KEYS: job, results, attempts. ARGV: now, ttl_s, then (index, ok, json) triples.
+# KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, then (index, ok, json) triples.
 # Returns {results that were new, results refused (index outside 0..total-1)}; {-1, 0} when the
 # job no longer exists.
 RECORD = (
-    _VALID_INDEX
+    _NOTIFY
+    + _VALID_INDEX
     + f"""
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
 local terminal = {_TERMINAL}
@@ -61,6 +78,7 @@ end
 if status == 'running' and completed + failed >= total then
   redis.call('HSET', KEYS[1], 'status', 'completed', 'finished_at', ARGV[1])
   status = 'completed'
+  notify(ARGV[1])
 end
 if terminal[status] then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
@@ -75,7 +93,7 @@ return {{new_ok + new_failed, refused}}
 """
 )
 
-# KEYS: job, results, attempts. ARGV: now, ttl_s, then a message's item indexes. Returns
+# KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, then a message's item indexes. Returns
 # {status or false, total, the job's default params (JSON), indexes that already have a result,
 # the first index that is not one of the job's or false}. A message with such an index changes
 # nothing; otherwise a queued job moves to running.
@@ -103,7 +121,7 @@ return {status, total, redis.call('HGET', KEYS[1], 'params') or '', done, false}
 
 EXPIRE = _EXPIRE_IF_DUE + "return expire_if_due()"
 
-# KEYS: job, results, attempts. ARGV: now, ttl_s, retry ('1' or '0'), then item indexes.
+# KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, retry ('1' or '0'), then item indexes.
 # Counts an attempt for each item of a running job that was never started (or for every item,
 # with retry = '1'). Returns {status or false, counts}: a count > 0 is this attempt's number;
 # -n means the item was started n times before and was not counted now.
@@ -139,9 +157,11 @@ redis.call('ZADD', KEYS[3], ARGV[1], ARGV[3])
 return 1
 """
 
-# KEYS: job, results, attempts. ARGV: now, ttl_s, new status, error. Ends an unfinished job.
-# Returns the status the job has afterwards (false if missing).
-FINISH = f"""
+# KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, new status, error. Ends an unfinished
+# job. Returns the status the job has afterwards (false if missing).
+FINISH = (
+    _NOTIFY
+    + f"""
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 local terminal = {_TERMINAL}
@@ -151,8 +171,10 @@ if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[4]) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('DEL', KEYS[3])
+notify(ARGV[1])
 return ARGV[3]
 """
+)
 
 
 # KEYS: kombu's unacked index. ARGV: now, then delivery tags. Renews the leases this worker
@@ -185,4 +207,16 @@ COMPARE_AND_SET = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 return 1
+"""
+
+
+# KEYS: webhook outbox. ARGV: now, claim_s, limit. Takes up to ``limit`` due events (score <=
+# now) and pushes each one's score to now + claim_s, so that no other sender takes it meanwhile
+# (a sender that dies leaves it due again after claim_s). Returns {job id, due score} pairs.
+CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[3])
+for i = 1, #due, 2 do
+  redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[1]) + tonumber(ARGV[2]), due[i])
+end
+return due
 """

@@ -99,6 +99,35 @@ LIST_JOBS_SCAN_LIMIT = 100_000
 # may have been lost with the restart: the not-found message says so.
 RECENT_RESTART_S = 24 * 3600
 
+# --- HTTP API (`genq api`) ------------------------------------------------------------------------
+DEFAULT_API_HOST = "127.0.0.1"
+DEFAULT_API_PORT = 8000
+DEFAULT_FILE_TTL_S = 30 * 24 * 3600  # an uploaded file without expires_after lives this long
+MIN_FILE_TTL_S, MAX_FILE_TTL_S = 3600, 30 * 24 * 3600  # OpenAI's bounds on expires_after
+FILE_CHUNK_BYTES = 1024 * 1024  # files are kept in Redis as chunks of about this size
+MAX_FILE_ERRORS_KEPT = 100  # invalid lines of a file: the first this many are reported
+MAX_BATCH_METADATA_ITEMS = 16  # OpenAI's limits on a batch's metadata
+MAX_BATCH_METADATA_KEY_CHARS = 64
+MAX_BATCH_METADATA_VALUE_CHARS = 512
+MAX_JSON_BODY_BYTES = 16 * 1024 * 1024  # a JSON request body (the native API's inline jobs)
+LIST_PAGE_DEFAULT = 20  # OpenAI's list endpoints: default and largest page
+LIST_PAGE_MAX = 100
+# A cancelled batch shows `cancelling` this long, while rows already generating finish and
+# their results are kept; then `cancelled`, with the partial output file.
+DEFAULT_CANCEL_SETTLE_S = 10.0
+DEFAULT_COMPLETION_TIMEOUT_S = 600.0  # POST /v1/completions waits this long for its result
+FINALIZE_LOCK_S = 300  # one process writes a batch's output files; others wait this long at most
+IDEMPOTENCY_TTL_S = 24 * 3600  # an HTTP Idempotency-Key is remembered this long (Stripe's rule)
+RETRY_AFTER_S = 5  # what a 503 (Redis away, no worker) asks a client to wait
+# Webhooks: delivered at least once, retried with backoff for up to a day after the event.
+WEBHOOK_TIMEOUT_S = 10.0
+WEBHOOK_RETRY_FOR_S = 24 * 3600
+WEBHOOK_BACKOFF_S = (5, 30, 120, 300, 1800, 3600, 7200)  # then every 2 hours until a day has passed
+DEADLINE_SWEEP_S = 1.0  # how often `genq api` ends jobs whose deadline passed
+WEBHOOK_POLL_S = 1.0  # how often a sender looks for events that are due
+WEBHOOK_CLAIM_S = 60  # an event a sender took is not taken by another sender for this long
+WEBHOOK_TOLERANCE_S = 300  # receivers reject a timestamp further off than this (Standard Webhooks)
+
 # --- Failures ----------------------------------------------------------------------------------
 DEFAULT_MAX_ATTEMPTS = 3  # an item whose generation raises is tried this many times in all...
 DEFAULT_RETRY_BACKOFF_S = 1.0  # ...waiting this long before the 2nd try, twice that before the 3rd
@@ -135,6 +164,19 @@ class Settings(BaseSettings):
     lease_s: int = Field(DEFAULT_LEASE_S, ge=3)
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1, le=100)
     retry_backoff_s: float = Field(DEFAULT_RETRY_BACKOFF_S, ge=0, le=3600)
+    # Workers: a Jinja chat template for /v1/chat/completions lines when the model has none.
+    chat_template: str | None = None
+    # `genq api`: API keys (comma-separated, each key its own tenant) or a TOML tenants file.
+    api_keys: str | None = Field(None, repr=False)
+    api_tenants_file: str | None = None
+    # Webhook targets on private, loopback or link-local addresses are refused unless this is
+    # set (server-side request forgery): only for a receiver inside a trusted network.
+    webhook_allow_private: bool = False
+    cancel_settle_s: float = Field(DEFAULT_CANCEL_SETTLE_S, ge=0, le=3600)
+    completion_timeout_s: float = Field(DEFAULT_COMPLETION_TIMEOUT_S, gt=0, le=24 * 3600)
+    file_ttl_s: int = Field(DEFAULT_FILE_TTL_S, ge=60)
+    # The model name /v1/models lists and batch lines must ask for (default: GENQ_MODEL).
+    served_model_name: str | None = None
     # Reliability drills only: a JSON fault plan (genq/worker/engines/faults.py) that makes the
     # engine fail for chosen items. Never set it in production.
     faults: str | None = None

@@ -47,6 +47,29 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class NewJob:
+    """What a job's record holds before its items are sent: the items travel only in its
+    queue messages, so a job can be enqueued from a stream (an API batch's input file)."""
+
+    total: int
+    params: GenerationParams
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expires_in_s: float | None = None
+    # Extra record fields: the owning tenant, `notify` (its end goes to the webhook outbox).
+    record_fields: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, spec: JobSpec, record_fields: Mapping[str, str] | None = None) -> NewJob:
+        return cls(
+            total=len(spec.items),
+            params=spec.params,
+            metadata=spec.metadata,
+            expires_in_s=spec.expires_in_s,
+            record_fields=record_fields or {},
+        )
+
+
+@dataclass(frozen=True)
 class JobQuery:
     """Which jobs `list_jobs` returns: any of ``statuses`` (every status when empty), and
     every ``metadata`` pair (key and value equal)."""
@@ -86,21 +109,24 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         self._register_worker_scripts()
 
     # --- jobs -----------------------------------------------------------------------------
-    def create_job(self, job_id: str, spec: JobSpec) -> JobInfo:
+    def create_job(self, job_id: str, job: NewJob) -> JobInfo:
+        """Write a new job's record (queued) and index it; its messages are sent after."""
         now = time.time()
         fields: dict[Any, str | int] = {
+            **job.record_fields,
             "id": job_id,
             "status": JobStatus.QUEUED.value,
-            "total": len(spec.items),
+            "total": job.total,
             "completed": 0,
             "failed": 0,
             "created_at": repr(now),
-            "params": spec.params.model_dump_json(),
-            "metadata": _dump_metadata(spec.metadata),
+            "params": job.params.model_dump_json(),
+            "metadata": _dump_metadata(job.metadata),
         }
-        if spec.expires_in_s is not None:
-            fields["expires_at"] = repr(now + spec.expires_in_s)
         with self.redis.pipeline(transaction=True) as pipe:
+            if job.expires_in_s is not None:
+                fields["expires_at"] = repr(now + job.expires_in_s)
+                pipe.zadd(keyspace.deadlines(), {job_id: now + job.expires_in_s})
             pipe.hset(keyspace.job(job_id), mapping=fields)
             pipe.expire(keyspace.job(job_id), self.unfinished_ttl_s)
             pipe.zadd(keyspace.jobs_index(), {job_id: now})
@@ -188,6 +214,19 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
             self._expire_job(job_id)
             return self.get(job_id)
         return _job_info(fields)
+
+    def expire_due(self, limit: int = 100) -> int:
+        """End the unfinished jobs whose deadline has passed (as any look at them would):
+        a job nobody polls still turns expired, and tells its webhook, on time. Returns how
+        many deadlines were taken off the list (jobs that had ended before count too)."""
+        now = time.time()
+        due: list[str] = self.redis.zrangebyscore(  # type: ignore[assignment]
+            keyspace.deadlines(), "-inf", now, start=0, num=limit
+        )
+        for job_id in due:
+            self._expire_job(job_id)
+            self.redis.zrem(keyspace.deadlines(), job_id)
+        return len(due)
 
     def _expire_job(self, job_id: str) -> str | None:
         keys = _job_keys(job_id)
@@ -366,7 +405,12 @@ def _dump_metadata(metadata: Mapping[str, str]) -> str:
 
 def _job_keys(job_id: str) -> list[str]:
     """The keys every job script takes, in order."""
-    return [keyspace.job(job_id), keyspace.results(job_id), keyspace.attempts(job_id)]
+    return [
+        keyspace.job(job_id),
+        keyspace.results(job_id),
+        keyspace.attempts(job_id),
+        keyspace.webhook_outbox(),
+    ]
 
 
 def _due(status: str | None, expires_at: str | None) -> bool:
@@ -392,4 +436,5 @@ def _job_info(fields: Mapping[str, str]) -> JobInfo:
         metadata=_METADATA.validate_json(fields.get("metadata") or "{}"),
         error=fields.get("error") or None,
         expires_at=from_epoch(fields.get("expires_at")),
+        tenant=fields.get("tenant") or None,
     )

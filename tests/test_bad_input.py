@@ -311,7 +311,7 @@ FILE_CASES: list[tuple[str, str | bytes, list[str], tuple[str, ...]]] = [
         [],
         (
             "line 1: parameters: unknown field of the line; did you mean 'params'?",
-            "the fields are prompt, custom_id, params",
+            "the fields are prompt, custom_id, messages, params",
         ),
     ),
     (
@@ -321,7 +321,7 @@ FILE_CASES: list[tuple[str, str | bytes, list[str], tuple[str, ...]]] = [
         (
             "line 1: prompt: Field required",
             "text: unknown field of the line; did you mean 'prompt'?",
-            "prompt, custom_id, params",
+            "prompt, custom_id, messages, params",
         ),
     ),
     (

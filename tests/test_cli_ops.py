@@ -21,7 +21,7 @@ from genq import keyspace
 from genq.connection import connect
 from genq.producer.client import Client, new_job_id
 from genq.schema import DeadLetter, ItemResult, JobInfo, JobItem, JobSpec, JobStatus, WorkerInfo
-from genq.store import JobQuery, JobStore
+from genq.store import JobQuery, JobStore, NewJob
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -242,11 +242,11 @@ def test_list_jobs_scans_past_a_page_and_pruned_ids(client: Client) -> None:
     tag = uuid.uuid4().hex
     spec = JobSpec(items=[JobItem(prompt="p")], metadata={"scan": tag})
     oldest = new_job_id()
-    store.create_job(oldest, spec)
+    store.create_job(oldest, NewJob.of(spec))
     plain = JobSpec(items=[JobItem(prompt="p")])
     newer = [new_job_id() for _ in range(620)]
     for job_id in newer:
-        store.create_job(job_id, plain)
+        store.create_job(job_id, NewJob.of(plain))
     # Records gone from the first page must not make the scan skip ids behind them.
     store.redis.delete(*(keyspace.job(j) for j in newer[-50:]))
     query = JobQuery(metadata={"scan": tag})

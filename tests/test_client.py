@@ -24,6 +24,7 @@ from genq.settings import Settings, load_settings, redact_url
 def test_producer_side_never_loads_the_worker_torch_or_transformers() -> None:
     code = (
         "import sys, json; import genq; from genq import Client; import genq.producer.cli; "
+        "import genq.api.app; "
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'torch', 'transformers', 'ctranslate2'} or m.startswith('genq.worker'))))"
     )

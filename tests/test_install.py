@@ -3,14 +3,17 @@ reads jobs; the commands that run the model say which extra to install."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
-from conftest import RedisProcess
+from conftest import RedisProcess, free_port, listening
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_STACK = ("torch", "transformers", "tokenizers", "safetensors", "ctranslate2")
@@ -66,3 +69,43 @@ def test_commands_that_run_the_model_name_the_extra_to_install(
     assert "pip install 'genq[worker]'" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_plain_install_serves_the_http_api(
+    light_venv: Path, redis_server: RedisProcess, tmp_path: Path
+) -> None:
+    port = free_port()
+    key = "sk-genq-light-install-0123456"
+    env = {**os.environ, "GENQ_REDIS_URL": redis_server.url, "GENQ_API_KEYS": key, "PYTHONPATH": ""}
+    env.pop("VIRTUAL_ENV", None)
+    log = (tmp_path / "api.log").open("wb")
+    process = subprocess.Popen(
+        [str(light_venv / "bin" / "genq"), "api", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not listening(port):
+            assert process.poll() is None, (tmp_path / "api.log").read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").json() == {"status": "ok"}
+        line = {
+            "custom_id": "a",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "gpt2", "prompt": "hi"},
+        }
+        uploaded = httpx.post(
+            f"http://127.0.0.1:{port}/v1/files",
+            headers={"authorization": f"Bearer {key}"},
+            files={"file": ("in.jsonl", json.dumps(line).encode())},
+            data={"purpose": "batch"},
+        )
+        assert uploaded.status_code == 200, uploaded.text
+        assert uploaded.json()["object"] == "file"
+    finally:
+        process.terminate()
+        process.wait(20)

@@ -13,7 +13,7 @@ from genq.connection import connect
 from genq.producer.client import Client
 from genq.schema import WorkChunk
 from genq.settings import Settings
-from genq.store import JobStore
+from genq.store import JobStore, NewJob
 from genq.worker.engines.base import Generation, Prepared
 from genq.worker.engines.null import NullEngine
 from genq.worker.loop import EngineLoop
@@ -86,7 +86,7 @@ def test_results_held_through_a_failed_write_are_written_without_new_work(
     loop.start()
     loop.warmed.wait()
     spec = client.validate(["hello", "world"], {"max_new_tokens": 4})
-    job_id = store.create_job(f"held-{time.time_ns()}", spec).id
+    job_id = store.create_job(f"held-{time.time_ns()}", NewJob.of(spec)).id
     acked = threading.Event()
     chunk = WorkChunk.model_validate_json(spec.messages(job_id, time.time(), max_items=10)[0])
     ready = runner.admit(chunk)

@@ -11,7 +11,7 @@ from genq.connection import connect
 from genq.producer.client import Client
 from genq.schema import JobStatus, WorkChunk
 from genq.settings import Settings
-from genq.store import JobStore
+from genq.store import JobStore, NewJob
 from genq.worker.engines.faults import FaultPlan, FaultyEngine
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.null import NullEngine
@@ -30,7 +30,7 @@ def store(settings: Settings) -> JobStore:
 
 def chunk_for(client: Client, items: list[object], **params: object) -> tuple[str, WorkChunk]:
     spec = client.validate(items, params)  # type: ignore[arg-type]
-    job_id = client.store.create_job("t" + str(time.time_ns()), spec).id
+    job_id = client.store.create_job("t" + str(time.time_ns()), NewJob.of(spec)).id
     (message,) = spec.messages(job_id, time.time(), max_items=10**6)
     return job_id, WorkChunk.model_validate_json(message)
 

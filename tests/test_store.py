@@ -18,7 +18,7 @@ from genq.producer.client import Client, new_job_id
 from genq.registry import BatchStats
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
-from genq.store import JobStore
+from genq.store import JobStore, NewJob
 
 TTL_S = 1234
 
@@ -30,7 +30,7 @@ def store(settings: Settings) -> JobStore:
 
 def make_job(store: JobStore, n: int) -> str:
     job_id = new_job_id()
-    store.create_job(job_id, JobSpec(items=[JobItem(prompt=f"p{i}") for i in range(n)]))
+    store.create_job(job_id, NewJob.of(JobSpec(items=[JobItem(prompt=f"p{i}") for i in range(n)])))
     return job_id
 
 
@@ -219,7 +219,7 @@ def test_a_server_without_persistence_cannot_confirm_durability(store: JobStore)
 def test_a_job_past_its_deadline_turns_expired_when_read(store: JobStore) -> None:
     job_id = new_job_id()
     spec = JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.2)
-    assert store.create_job(job_id, spec).expires_at is not None
+    assert store.create_job(job_id, NewJob.of(spec)).expires_at is not None
     assert store.statuses([job_id])[job_id] is JobStatus.QUEUED
     time.sleep(0.3)
     info = store.get(job_id)
@@ -231,7 +231,7 @@ def test_a_job_past_its_deadline_turns_expired_when_read(store: JobStore) -> Non
 
 def test_admitting_a_message_after_the_deadline_expires_the_job(store: JobStore) -> None:
     job_id = new_job_id()
-    store.create_job(job_id, JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.1))
+    store.create_job(job_id, NewJob.of(JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.1)))
     time.sleep(0.2)
     admission = store.admit(job_id, [0])
     assert (admission.status, admission.done) == (JobStatus.EXPIRED, set())

@@ -50,6 +50,7 @@ from genq.producer.cli_output import (
     progress_wait,
     write_results,
 )
+from genq.producer.cli_serve import api
 from genq.producer.client import RETRY_OF, Client, ResultFilter
 from genq.producer.inputs import read_items
 from genq.producer.validation import validate_job, with_job_options
@@ -411,7 +412,7 @@ def random_model(directory: str, tokenizer: str | None, preset: str) -> None:
     click.echo(str(path))
 
 
-for command in (jobs, workers, dead):
+for command in (jobs, workers, dead, api):
     cli.add_command(command)
 
 

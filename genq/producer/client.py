@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from typing import TypeVar
 
@@ -44,7 +44,7 @@ from genq.settings import (
     WAIT_OUTAGE_TOLERANCE_S,
     Settings,
 )
-from genq.store import JobQuery, JobStore
+from genq.store import JobQuery, JobStore, NewJob
 
 RETRY_OF = "retry_of"  # metadata key linking a retry job to the job whose failed items it holds
 NO_AOF_NOTICE = "no-aof"  # notice name: producers warned that Redis keeps no append-only file
@@ -122,20 +122,39 @@ class Client:
         """Check a job without enqueueing it; raise :class:`InvalidJobError` listing problems."""
         return validate_job(items, params, self.settings, metadata=metadata, labels=labels)
 
-    def submit_spec(self, spec: JobSpec) -> str:
+    def submit_spec(self, spec: JobSpec, record_fields: Mapping[str, str] | None = None) -> str:
         """Enqueue an already validated :class:`JobSpec`; return the job id.
 
         A reused idempotency key returns its job's id if the content is the same, and raises
-        :class:`IdempotencyConflictError` if it is not.
+        :class:`IdempotencyConflictError` if it is not. ``record_fields`` go into the job's
+        record as they are (the API's tenant and webhook flag).
         """
         job_id = new_job_id()
-        now = time.time()
         # Every message is serialised before anything is written: a job that could not be
         # sent leaves nothing behind.
-        messages = spec.messages(job_id, now, self.settings.chunk_size)
-        self._guard(lambda: self.store.create_job(job_id, spec))
+        messages = spec.messages(job_id, time.time(), self.settings.chunk_size)
+        claim = None
         if spec.idempotency_key is not None:
-            key, fingerprint = spec.idempotency_key, spec.fingerprint()
+            claim = (spec.idempotency_key, spec.fingerprint())
+        return self.enqueue(job_id, NewJob.of(spec, record_fields), messages, claim)
+
+    def enqueue(
+        self,
+        job_id: str,
+        job: NewJob,
+        messages: Iterable[str],
+        idempotency: tuple[str, str] | None = None,
+    ) -> str:
+        """Write the job's record, then send its ``messages`` (serialised :class:`WorkChunk`
+        bodies, which may be produced while they are sent); return the job id.
+
+        ``idempotency`` is (key, content fingerprint): a key already bound to a job of the same
+        fingerprint returns that job's id and sends nothing. A failure while sending marks the
+        job failed and raises :class:`EnqueueError`.
+        """
+        self._guard(lambda: self.store.create_job(job_id, job))
+        if idempotency is not None:
+            key, fingerprint = idempotency
             try:
                 earlier = self._guard(
                     lambda: self.store.claim_idempotency_key(key, fingerprint, job_id)

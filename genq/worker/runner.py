@@ -31,11 +31,13 @@ from genq.schema import (
     Usage,
     WorkChunk,
     WorkItem,
+    chat_transcript,
 )
 from genq.settings import OOM_RECOVERY_BATCHES, Settings
 from genq.store import JobStore
 from genq.worker.batching import plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
+from genq.worker.engines.chat import ChatTemplateError, NoChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,9 @@ class BatchRunner:
                         f"item {item.index}'s params do not validate ({_first_problem(e)})"
                     ) from e
             size = len(item.prompt.encode("utf-8", "surrogatepass"))
+            if item.messages is not None:  # what runs: the limit counts their transcript
+                transcript = chat_transcript(item.messages)
+                size = max(size, len(transcript.encode("utf-8", "surrogatepass")))
             if size > limit:
                 raise RefusedMessageError(
                     f"item {item.index}'s prompt is {size} bytes, over this worker's limit of "
@@ -257,9 +262,11 @@ class BatchRunner:
         self.store.record(by_job, BatchStats(self.worker_id, rows, len(done), tokens))
 
     def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
-        ids = self.engine.encode(item.prompt)
+        ids = self.engine.encode(self._text(item))
+        # What the errors call the text that was tokenised.
+        prompt = "the prompt" if item.messages is None else "the rendered conversation"
         if not ids:
-            raise ItemRejected(ItemErrorType.EMPTY_PROMPT, "the prompt tokenises to no tokens")
+            raise ItemRejected(ItemErrorType.EMPTY_PROMPT, f"{prompt} tokenises to no tokens")
         params = item.params
         if params.max_new_tokens is not None:
             max_new = params.max_new_tokens
@@ -269,8 +276,8 @@ class BatchRunner:
             if max_new < 1:
                 raise ItemRejected(
                     ItemErrorType.INVALID_PARAMS,
-                    f"max_length={params.max_length} leaves no room for new tokens after the "
-                    f"prompt's {len(ids)} tokens; raise max_length or use max_new_tokens",
+                    f"max_length={params.max_length} leaves no room for new tokens after "
+                    f"{prompt}'s {len(ids)} tokens; raise max_length or use max_new_tokens",
                 )
         context = self.engine.max_context
         if context is not None and len(ids) + max_new > context:
@@ -279,12 +286,24 @@ class BatchRunner:
             else:
                 raise ItemRejected(
                     ItemErrorType.CONTEXT_LENGTH_EXCEEDED,
-                    f"the prompt has {len(ids)} tokens and {max_new} new tokens were asked "
+                    f"{prompt} has {len(ids)} tokens and {max_new} new tokens were asked "
                     f"for: {len(ids) + max_new} exceeds the model's context of {context} "
                     "tokens; shorten the prompt, lower max_new_tokens, or set truncate=true "
                     "to drop the start of the prompt",
                 )
         return Prepared(chunk.job_id, chunk.enqueued_at, item, ids, max_new)
+
+    def _text(self, item: WorkItem) -> str:
+        """The text an item generates from: its prompt, or its conversation rendered with the
+        chat template (once, at admission: retries reuse the prepared token ids)."""
+        if item.messages is None:
+            return item.prompt
+        try:
+            return self.engine.render_chat(item.messages, self.settings.chat_template)
+        except NoChatTemplate as e:
+            raise ItemRejected(ItemErrorType.NO_CHAT_TEMPLATE, str(e)) from e
+        except ChatTemplateError as e:
+            raise ItemRejected(ItemErrorType.INVALID_PARAMS, str(e)) from e
 
     def _run(self, batch: list[Prepared]) -> list[Prepared]:
         started = time.time()

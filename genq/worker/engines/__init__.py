@@ -13,7 +13,15 @@ __all__ = ["Engine", "Generation", "Prepared", "load_engine"]
 
 def load_engine(settings: Settings) -> Engine:
     """Create the engine named by ``settings.engine`` (loading its model once), wrapped in the
-    fault injector when GENQ_FAULTS holds a fault plan."""
+    fault injector when GENQ_FAULTS holds a fault plan. A GENQ_CHAT_TEMPLATE that is not valid
+    Jinja stops the worker here, before the model loads."""
+    if settings.chat_template is not None and settings.engine != "null":
+        from genq.worker.engines.chat import ChatTemplateError, check_template
+
+        try:
+            check_template(settings.chat_template)
+        except ChatTemplateError as e:
+            raise WorkerConfigError(str(e)) from e
     engine = _load(settings)
     if settings.faults:
         from pydantic import ValidationError

@@ -1,4 +1,5 @@
-"""The engine interface: tokenise prompts, and generate for a batch of prepared items."""
+"""The engine interface: render chat items, tokenise prompts, and generate for a batch of
+prepared items."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from genq.schema import FinishReason, GenerationParams, WorkItem
+from genq.schema import ChatMessage, FinishReason, GenerationParams, WorkItem
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,16 @@ class Engine(Protocol):
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` as the model sees it (no special tokens added)."""
+        ...
+
+    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
+        """The prompt text for a chat item: ``messages`` rendered with ``template`` (the
+        configured GENQ_CHAT_TEMPLATE, which wins) or the model's own chat template, ending
+        where the assistant's reply starts. The runner encodes it as it would a prompt.
+
+        Raises :class:`~genq.worker.engines.chat.NoChatTemplate` when there is no template,
+        and :class:`~genq.worker.engines.chat.ChatTemplateError` when it fails to render.
+        """
         ...
 
     def generate(self, batch: Sequence[Prepared]) -> list[Generation]:

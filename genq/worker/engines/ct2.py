@@ -24,9 +24,10 @@ from ctranslate2.converters import TransformersConverter
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from genq.errors import ModelLoadError, WorkerConfigError
-from genq.schema import FinishReason
+from genq.schema import ChatMessage, FinishReason
 from genq.settings import Settings
 from genq.worker.engines.base import Generation, Prepared, ends_with_stop
+from genq.worker.engines.chat import render_with_tokenizer
 from genq.worker.engines.hf import resolve_model_path
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ class CT2Engine:
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
+
+    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
+        """``messages`` rendered with ``template`` or the tokenizer's chat template (see
+        :func:`~genq.worker.engines.chat.render_with_tokenizer`)."""
+        return render_with_tokenizer(self.tokenizer, self.model_name, messages, template)
 
     def warmup(self) -> None:
         self.generator.generate_batch(

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genq.schema import ChatMessage
 from genq.worker.engines.base import Engine, Generation, Prepared
 
 
@@ -64,6 +65,9 @@ class FaultyEngine:
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)
+
+    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
+        return self.inner.render_chat(messages, template)
 
     def warmup(self) -> None:
         self.inner.warmup()

@@ -22,8 +22,9 @@ from transformers import (
 )
 
 from genq.errors import ModelLoadError, WorkerConfigError
-from genq.schema import FinishReason
+from genq.schema import ChatMessage, FinishReason
 from genq.worker.engines.base import Generation, Prepared, ends_with_stop
+from genq.worker.engines.chat import render_with_tokenizer
 
 if TYPE_CHECKING:
     from genq.worker.engines.hf_continuous import ContinuousDecoder
@@ -190,6 +191,11 @@ class HFEngine:
     def encode(self, text: str) -> list[int]:
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
+
+    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
+        """``messages`` rendered with ``template`` or the tokenizer's chat template (see
+        :func:`~genq.worker.engines.chat.render_with_tokenizer`)."""
+        return render_with_tokenizer(self.tokenizer, self.model_name, messages, template)
 
     def decoder(self) -> ContinuousDecoder:
         """A continuous batch over this model (rows join and leave between steps)."""
