@@ -4,8 +4,8 @@ genq:job:{id}               hash   status, counters, timestamps, params/metadata
 genq:job:{id}:results       hash   item index -> ItemResult JSON (first write wins)
 genq:job:{id}:attempts      hash   item index -> times a worker started it (dropped at the end)
 genq:jobs                   zset   job ids by creation time
-genq:deadlines              zset   job id -> its deadline (expires_in_s): swept, so that a job
-                                   nobody looks at still ends (and says so) on time
+genq:deadlines              zset   job id -> deadline, of jobs with a webhook: swept by `genq api`,
+                                   so that a job nobody looks at still ends (and says so) on time
 genq:workers                zset   worker ids by last heartbeat
 genq:worker:{id}            hash   WorkerInfo fields and counters
 genq:worker:{id}:batches    hash   sequences per batch -> number of batches

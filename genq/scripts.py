@@ -71,6 +71,7 @@ end
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', new_ok)
 local failed = redis.call('HINCRBY', KEYS[1], 'failed', new_failed)
 local status = redis.call('HGET', KEYS[1], 'status')
+local ended_before = terminal[status]
 if status == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
   status = 'running'
@@ -80,12 +81,13 @@ if status == 'running' and completed + failed >= total then
   status = 'completed'
   notify(ARGV[1])
 end
-if terminal[status] then
+if terminal[status] and not ended_before then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[3])
 else
-  -- results never outlive their job record, even when the job never ends
+  -- results never outlive their job record, even when the job never ends; a late result of
+  -- an ended job keeps the record's lifetime (an API batch may have lengthened it)
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end

@@ -126,7 +126,10 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         with self.redis.pipeline(transaction=True) as pipe:
             if job.expires_in_s is not None:
                 fields["expires_at"] = repr(now + job.expires_in_s)
-                pipe.zadd(keyspace.deadlines(), {job_id: now + job.expires_in_s})
+                if "notify" in job.record_fields:
+                    # Someone waits to be told: `genq api` sweeps this list so that the job
+                    # ends on time even if nobody looks at it (others expire on first sight).
+                    pipe.zadd(keyspace.deadlines(), {job_id: now + job.expires_in_s})
             pipe.hset(keyspace.job(job_id), mapping=fields)
             pipe.expire(keyspace.job(job_id), self.unfinished_ttl_s)
             pipe.zadd(keyspace.jobs_index(), {job_id: now})

@@ -101,7 +101,10 @@ def wait_for(oa: openai.OpenAI, batch_id: str, statuses: set[str], timeout_s: fl
 def parse(oa: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     if file_id is None:
         return []
-    return [json.loads(x) for x in oa.files.content(file_id).text.splitlines() if x]
+    # Lines end with "\n" only; the text may hold what splitlines() also splits on.
+    lines = oa.files.content(file_id).text.split("\n")
+    assert all(x == x.splitlines()[0] for x in lines if x)  # no other line break, escaped
+    return [json.loads(x) for x in lines if x]
 
 
 def test_a_batch_runs_and_its_output_file_holds_openai_completion_objects_in_input_order(
@@ -417,3 +420,64 @@ def test_one_completion_through_the_queue_and_the_models_list(api: ApiProcess) -
     with pytest.raises(openai.BadRequestError) as no_template:
         oa.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert "GENQ_CHAT_TEMPLATE" in str(no_template.value)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs"),
+    [
+        (
+            "post",
+            "/v1/batches",
+            {
+                "json": {
+                    "input_file_id": "f",
+                    "endpoint": "/v1/completions",
+                    "metadata": {"\ud800": "v"},
+                }
+            },
+        ),
+        (
+            "post",
+            "/v1/batches",
+            {
+                "json": {
+                    "input_file_id": "f",
+                    "endpoint": "/v1/completions",
+                    "metadata": {"k": "\ud800"},
+                }
+            },
+        ),
+        ("post", "/v1/batches", {"content": b"[" * 100_000 + b"]" * 100_000}),
+        ("post", "/v1/batches", {"json": {"input_file_id": 5, "endpoint": None}}),
+        ("post", "/v1/completions", {"json": {"model": MODEL, "prompt": "x", "\ud800": 1}}),
+        ("post", "/v1/completions", {"content": b"[" * 100_000 + b"]" * 100_000}),
+        ("post", "/v1/completions", {"content": b"\xff\xfe"}),
+        ("post", "/v1/completions", {"json": {"model": MODEL, "prompt": "x\ud800"}}),
+        (
+            "post",
+            "/v1/chat/completions",
+            {"json": {"model": MODEL, "messages": [{"role": "user", "content": "x"}] * 300}},
+        ),
+        ("post", "/v1/files", {"files": {"file": ("a", b"x")}, "data": {"purpose": "fine-tune"}}),
+        ("post", "/v1/files", {"data": {"purpose": "batch"}}),
+        ("get", "/v1/files?limit=0", {}),
+        ("get", "/v1/batches?limit=1000", {}),
+        ("get", "/v1/batches/batch_..%2F..%2Fetc", {}),
+        ("get", "/v1/files/%00", {}),
+        ("delete", "/v1/batches/x", {}),
+    ],
+)
+def test_hostile_requests_get_a_clear_4xx_never_a_500(
+    api: ApiProcess, method: str, path: str, kwargs: dict[str, Any]
+) -> None:
+    headers = {"authorization": f"Bearer {KEY_A}"}
+    if "json" in kwargs:  # httpx would refuse to encode a lone surrogate itself
+        kwargs = {
+            "content": json.dumps(kwargs.pop("json")).encode(),
+            "headers": {**headers, "content-type": "application/json"},
+        }
+    answer = httpx.request(
+        method, f"{api.url}{path}", headers=kwargs.pop("headers", headers), timeout=30, **kwargs
+    )
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+    assert answer.json()["error"]["message"]

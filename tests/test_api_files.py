@@ -87,6 +87,8 @@ def test_invalid_lines_are_reported_with_their_numbers_and_codes(files: FileStor
                 "body": {"model": "m" * 300},
             }
         ).encode(),
+        b'{"custom_id": "s", "method": "POST", "url": "/v1/completions", '
+        b'"body": {"model": "m", "prompt": "x\\ud800"}}',
     ]
     _, check, _ = files.upload(
         "t", "in.jsonl", io.BytesIO(b"\n".join(rows)), max_bytes=10**6, max_lines=100, ttl_s=None
@@ -102,8 +104,9 @@ def test_invalid_lines_are_reported_with_their_numbers_and_codes(files: FileStor
         (9, "invalid_json_line"),
         (10, "invalid_url"),
         (11, "invalid_value"),
+        (12, "invalid_unicode"),
     ]
-    assert check.lines == 10
+    assert check.lines == 11
 
 
 def test_another_tenants_file_is_missing(files: FileStore) -> None:

@@ -191,7 +191,7 @@ def test_chat_lines_run_with_the_workers_template_in_a_batch_and_alone(api: ApiP
         assert time.monotonic() < deadline
         time.sleep(0.2)
     assert batch.output_file_id is not None
-    out = [json.loads(x) for x in oa.files.content(batch.output_file_id).text.splitlines()]
+    out = [json.loads(x) for x in oa.files.content(batch.output_file_id).text.split("\n") if x]
     assert [o["custom_id"] for o in out] == ["chat-0", "chat-1", "chat-2"]
     body = out[0]["response"]["body"]
     assert body["object"] == "chat.completion"

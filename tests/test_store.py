@@ -70,6 +70,30 @@ def test_job_completes_when_its_last_item_lands_even_with_failures(store: JobSto
         assert 0 < store.redis.ttl(key) <= TTL_S
 
 
+def test_a_late_result_of_an_ended_job_keeps_the_records_lifetime(store: JobStore) -> None:
+    job_id = make_job(store, 2)
+    store.record({job_id: [result(0)]})
+    store.cancel(job_id)
+    store.redis.expire(keyspace.job(job_id), 50_000)  # lengthened (an API batch's files)
+    assert store.record({job_id: [result(1)]}) == {job_id: 1}  # a row that was in flight
+    assert store.redis.ttl(keyspace.job(job_id)) > 49_000
+    assert 49_000 < store.redis.ttl(keyspace.results(job_id)) <= 50_000
+
+
+def test_a_job_with_a_webhook_and_a_deadline_is_swept_on_time(store: JobStore) -> None:
+    job_id = new_job_id()
+    spec = JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.05)
+    store.create_job(job_id, NewJob.of(spec, {"notify": "1"}))
+    plain = make_job(store, 1)
+    time.sleep(0.1)
+    assert store.expire_due() == 1
+    assert store.redis.hget(keyspace.job(job_id), "status") == "expired"
+    assert store.redis.zscore(keyspace.webhook_outbox(), job_id) is not None
+    assert store.redis.zscore(keyspace.deadlines(), job_id) is None
+    assert store.redis.zscore(keyspace.deadlines(), plain) is None
+    assert store.expire_due() == 0
+
+
 def test_unfinished_job_expires_only_after_the_long_unfinished_ttl(store: JobStore) -> None:
     job_id = make_job(store, 2)
     store.record({job_id: [result(0)]})

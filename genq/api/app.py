@@ -13,7 +13,6 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from genq import __version__
 from genq.api import batches, completions, files, jobs
@@ -21,6 +20,7 @@ from genq.api.context import ApiContext
 from genq.api.errors import install_handlers
 from genq.api.events import JobEvents
 from genq.api.gate import RequestGate
+from genq.api.responses import ApiResponse
 from genq.api.tenants import load_tenants
 from genq.api.webhooks import WebhookSender
 from genq.settings import DEADLINE_SWEEP_S, Settings
@@ -48,6 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             sender.stop()
 
     app = FastAPI(
+        default_response_class=ApiResponse,
         title="genq",
         version=__version__,
         lifespan=lifespan,
@@ -63,7 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["health"], summary="Redis reachable and a worker live")
-    async def readyz() -> JSONResponse:
+    async def readyz() -> ApiResponse:
         try:
             workers = len(await run_in_threadpool(ctx.client.queue_workers))
             redis_ok = True
@@ -76,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             "redis": redis_ok,
             "workers": workers,
         }
-        return JSONResponse(body, 200 if ready else 503)
+        return ApiResponse(body, 200 if ready else 503)
 
     app.add_middleware(RequestGate, tenants=ctx.tenants, settings=settings)
     return app

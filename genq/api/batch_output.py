@@ -112,8 +112,11 @@ class BatchOutput:
         return True
 
 
+# Characters that end a line for str.splitlines() (and some JSON Lines readers) but that JSON
+# leaves unescaped inside strings: escaped, so that each output line is one line to any reader.
+_LINE_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
 def _jsonl(line: dict[str, Any]) -> bytes:
-    return (
-        json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-        + b"\n"
-    )
+    text = json.dumps(line, ensure_ascii=False, separators=(",", ":")).translate(_LINE_BREAKS)
+    return text.encode("utf-8", "surrogatepass") + b"\n"

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genq import keyspace
 from genq.api.batch_output import PAGE, PREFIX, BatchOutput
@@ -35,6 +35,7 @@ from genq.settings import (
     MAX_FILE_TTL_S,
 )
 from genq.store import NewJob
+from genq.text import MetadataKey, MetadataValue, shown
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -53,8 +54,16 @@ class BatchCreate(BaseModel):
     input_file_id: str
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = Field(None, max_length=MAX_BATCH_METADATA_ITEMS)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        None, max_length=MAX_BATCH_METADATA_ITEMS
+    )
     output_expires_after: OutputExpiresAfter | None = None
+
+
+def _first_problem(error: ValidationError) -> str:
+    problem = error.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in problem["loc"])
+    return f"{where}: {problem['msg']}" if where else str(problem["msg"])
 
 
 def window_s(window: str) -> int:
@@ -199,15 +208,20 @@ class Batches:
             json.loads(source.get("urls") or "[]"),
             json.loads(source.get("models") or "[]"),
         )
-        if urls == [endpoint] and len(models) <= 1:
+        if not urls or (urls == [endpoint] and len(models) <= 1):
             return errors
+        invalid = {e["line"] for e in errors}
         for number, raw in self.files.lines(source["id"]):
             if len(errors) >= MAX_FILE_ERRORS_KEPT:
                 break
+            if number in invalid:
+                continue
             try:
                 line = parse_line(raw.decode("utf-8"))
                 url, line_model = line["url"], line["body"]["model"]
-            except Exception:  # already reported as an invalid line
+            except Exception:  # reported as an invalid line (beyond the first kept)
+                continue
+            if not isinstance(url, str) or not isinstance(line_model, str):
                 continue
             if url != endpoint:
                 errors.append(
@@ -215,7 +229,7 @@ class Batches:
                         "code": "mismatched_endpoint",
                         "line": number,
                         "param": "url",
-                        "message": f"url {url!r} is not the batch's endpoint {endpoint}",
+                        "message": f"url {shown(url)} is not the batch's endpoint {endpoint}",
                     }
                 )
             elif line_model != model:
@@ -224,8 +238,8 @@ class Batches:
                         "code": "mismatched_model",
                         "line": number,
                         "param": "body.model",
-                        "message": f"model {line_model[:80]!r} differs from the first "
-                        f"line's {model[:80]!r}: a batch runs one model",
+                        "message": f"model {shown(line_model)} differs from the first "
+                        f"line's {shown(model)}: a batch runs one model",
                     }
                 )
         return sorted(errors, key=lambda e: e["line"] or 0)
@@ -260,25 +274,26 @@ class Batches:
                     raise RequestRefused(
                         f"the prompt is over {size_limit} bytes (GENQ_MAX_PROMPT_BYTES)", "prompt"
                     )
-            except RequestRefused as e:
+                item = ChunkItem(
+                    index=index,
+                    prompt=request.prompt,
+                    custom_id=cid,
+                    params=request.overrides or None,
+                    messages=request.messages,
+                )
+            except (RequestRefused, ValidationError) as e:
+                # One line genq cannot run never stops the others from being enqueued.
+                message = e.message if isinstance(e, RequestRefused) else _first_problem(e)
                 refused.append(
                     ItemResult(
                         custom_id=cid,
                         index=index,
                         prompt="",
-                        error=ErrorInfo(type=ItemErrorType.INVALID_REQUEST, message=e.message),
+                        error=ErrorInfo(type=ItemErrorType.INVALID_REQUEST, message=message),
                     )
                 )
             else:
-                items.append(
-                    ChunkItem(
-                        index=index,
-                        prompt=request.prompt,
-                        custom_id=cid,
-                        params=request.overrides or None,
-                        messages=request.messages,
-                    )
-                )
+                items.append(item)
             yield from flush(final=False)
         yield from flush(final=True)
 

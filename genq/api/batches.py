@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
 
 from genq.api.batch_store import BatchCreate
-from genq.api.context import ApiContext, context, idempotent, tenant
+from genq.api.context import ApiContext, context, idempotent, list_object, tenant
 from genq.api.idempotency import fingerprint
+from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
 from genq.settings import LIST_PAGE_DEFAULT, LIST_PAGE_MAX
 
@@ -23,7 +23,7 @@ def create_batch(
     body: BatchCreate,
     who: Tenant = Depends(tenant),
     ctx: ApiContext = Depends(context),
-) -> JSONResponse:
+) -> ApiResponse:
     digest = fingerprint("POST", "/v1/batches", body.model_dump(mode="json"))
     return idempotent(request, who, digest, lambda: (200, ctx.batches.create(who, body)))
 
@@ -36,20 +36,14 @@ def list_batches(
     ctx: ApiContext = Depends(context),
 ) -> dict[str, Any]:
     data, more = ctx.batches.page(who.name, after, limit)
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return list_object(data, more)
 
 
 @router.get("/{batch_id}", summary="Retrieve a batch")
 def get_batch(
     batch_id: str, who: Tenant = Depends(tenant), ctx: ApiContext = Depends(context)
-) -> JSONResponse:
-    return JSONResponse(ctx.batches.view(who.name, batch_id))
+) -> ApiResponse:
+    return ApiResponse(ctx.batches.view(who.name, batch_id))
 
 
 @router.post("/{batch_id}/cancel", summary="Cancel a batch")
@@ -58,6 +52,6 @@ def cancel_batch(
     batch_id: str,
     who: Tenant = Depends(tenant),
     ctx: ApiContext = Depends(context),
-) -> JSONResponse:
+) -> ApiResponse:
     digest = fingerprint("POST", f"/v1/batches/{batch_id}/cancel")
     return idempotent(request, who, digest, lambda: (200, ctx.batches.cancel(who.name, batch_id)))

@@ -5,13 +5,11 @@ try its settings before a bulk run."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from genq.api.context import ApiContext, context, tenant
@@ -25,7 +23,10 @@ from genq.api.lines import (
     response_object,
     translate,
 )
+from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
+from genq.errors import InputFileError
+from genq.producer.inputs import parse_line
 from genq.schema import JobItem
 from genq.settings import MAX_JSON_BODY_BYTES
 
@@ -38,25 +39,25 @@ SOURCE = "genq_endpoint"  # metadata key: which endpoint a single request came t
 @router.post("/completions", summary="One completion (waits for its result)")
 async def completion(
     request: Request, who: Tenant = Depends(tenant), ctx: ApiContext = Depends(context)
-) -> JSONResponse:
+) -> ApiResponse:
     return await _single(request, who, ctx, COMPLETIONS)
 
 
 @router.post("/chat/completions", summary="One chat completion (waits for its result)")
 async def chat_completion(
     request: Request, who: Tenant = Depends(tenant), ctx: ApiContext = Depends(context)
-) -> JSONResponse:
+) -> ApiResponse:
     return await _single(request, who, ctx, CHAT_COMPLETIONS)
 
 
-async def _single(request: Request, who: Tenant, ctx: ApiContext, endpoint: str) -> JSONResponse:
+async def _single(request: Request, who: Tenant, ctx: ApiContext, endpoint: str) -> ApiResponse:
     raw = await request.body()
     if len(raw) > MAX_JSON_BODY_BYTES:
         raise ApiError(413, f"the request body is over {MAX_JSON_BODY_BYTES} bytes")
     try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "the request body is not valid JSON") from None
+        body = parse_line(raw.decode("utf-8"))  # strict JSON, nesting bounded
+    except (UnicodeDecodeError, InputFileError) as e:
+        raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     try:
         asked = translate(endpoint, body)
     except RequestRefused as e:
@@ -93,9 +94,9 @@ async def _single(request: Request, who: Tenant, ctx: ApiContext, endpoint: str)
     result = results[0]
     if result.error is not None:
         status = error_status(result)
-        return JSONResponse(error_body(status, result.error.message, result.error.type), status)
+        return ApiResponse(error_body(status, result.error.message, result.error.type), status)
     created = int(info.finished_at.timestamp()) if info.finished_at else int(time.time())
-    return JSONResponse(response_object(endpoint, result, asked.model, created, job_id))
+    return ApiResponse(response_object(endpoint, result, asked.model, created, job_id))
 
 
 @router.get("/models", summary="The models this service serves")

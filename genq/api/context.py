@@ -10,12 +10,12 @@ from pathlib import PurePath
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 
 from genq.api.batch_store import Batches
 from genq.api.errors import ApiError
 from genq.api.file_store import FileStore
 from genq.api.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKeys
+from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant, Tenants
 from genq.connection import connect_binary
 from genq.producer.client import Client
@@ -96,23 +96,35 @@ async def tenant(request: Request) -> Tenant:
     return ctx.tenants.require(request.headers.get("authorization"))
 
 
+def list_object(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A page as OpenAI's list endpoints answer it (the client pages on ``after=last_id``
+    until ``has_more`` is false)."""
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
 def idempotent(
     request: Request, who: Tenant, digest: str, produce: Callable[[], tuple[int, Any]]
-) -> JSONResponse:
+) -> ApiResponse:
     """Answer with ``produce()`` once per Idempotency-Key (when the request carries one): a
     retry with the same key and request gets the first answer."""
     key = request.headers.get(HEADER)
     if key is None:
         status, body = produce()
-        return JSONResponse(body, status)
+        return ApiResponse(body, status)
     keys: IdempotencyKeys = request.app.state.genq.idempotency
     replay = keys.begin(who.name, key, digest)
     if replay is not None:
-        return JSONResponse(replay.body, replay.status, headers={REPLAYED_HEADER: "true"})
+        return ApiResponse(replay.body, replay.status, headers={REPLAYED_HEADER: "true"})
     try:
         status, body = produce()
     except BaseException:
         keys.abandon(who.name, key)
         raise
     keys.finish(who.name, key, digest, status, body)
-    return JSONResponse(body, status)
+    return ApiResponse(body, status)

@@ -10,9 +10,9 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from genq.api.responses import ApiResponse
 from genq.connection import explain_redis_error
 from genq.errors import (
     BrokerUnavailableError,
@@ -67,13 +67,13 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s
         self.retry = retry
 
-    def response(self) -> JSONResponse:
+    def response(self) -> ApiResponse:
         headers: dict[str, str] = {}
         if self.retry_after_s is not None:
             headers["retry-after"] = str(self.retry_after_s)
         if self.retry is not None:
             headers["x-should-retry"] = "true" if self.retry else "false"
-        return JSONResponse(
+        return ApiResponse(
             error_body(self.status, self.message, self.code, self.param), self.status, headers
         )
 
@@ -95,11 +95,11 @@ def install_handlers(app: FastAPI) -> None:
     """Answer every error in OpenAI's shape, whatever raised it."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    async def _api_error(_: Request, e: ApiError) -> ApiResponse:
         return e.response()
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    async def _invalid(_: Request, e: RequestValidationError) -> ApiResponse:
         problems = e.errors()
         first = problems[0] if problems else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
@@ -107,37 +107,37 @@ def install_handlers(app: FastAPI) -> None:
         return ApiError(400, message, code="invalid_value", param=".".join(loc) or None).response()
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    async def _http(_: Request, e: StarletteHTTPException) -> ApiResponse:
         response = ApiError(e.status_code, str(e.detail)).response()
         response.headers.update(e.headers or {})  # e.g. Allow on a 405
         return response
 
     @app.exception_handler(JobNotFoundError)
-    async def _missing(_: Request, e: JobNotFoundError) -> JSONResponse:
+    async def _missing(_: Request, e: JobNotFoundError) -> ApiResponse:
         return ApiError(404, str(e), code="not_found").response()
 
     @app.exception_handler(IdempotencyConflictError)
-    async def _conflict(_: Request, e: IdempotencyConflictError) -> JSONResponse:
+    async def _conflict(_: Request, e: IdempotencyConflictError) -> ApiResponse:
         return ApiError(409, str(e), code="idempotency_conflict", retry=False).response()
 
     @app.exception_handler(InvalidJobError)
     @app.exception_handler(InvalidIdError)
     @app.exception_handler(WebhookTargetError)
-    async def _bad(_: Request, e: Exception) -> JSONResponse:
+    async def _bad(_: Request, e: Exception) -> ApiResponse:
         return ApiError(400, str(e), code="invalid_value").response()
 
     @app.exception_handler(RedisAccessError)
-    async def _refused(_: Request, e: RedisAccessError) -> JSONResponse:
+    async def _refused(_: Request, e: RedisAccessError) -> ApiResponse:
         log.error("Redis refused the API: %s", e)
         return ApiError(500, "the service's store refused it; an operator must look").response()
 
     @app.exception_handler(BrokerUnavailableError)
-    async def _away(_: Request, e: BrokerUnavailableError) -> JSONResponse:
+    async def _away(_: Request, e: BrokerUnavailableError) -> ApiResponse:
         log.warning("Redis unreachable: %s", e)
         return _unavailable()
 
     @app.exception_handler(redis.exceptions.RedisError)
-    async def _redis(request: Request, e: redis.exceptions.RedisError) -> JSONResponse:
+    async def _redis(request: Request, e: redis.exceptions.RedisError) -> ApiResponse:
         problem = explain_redis_error(e, request.app.state.genq.settings.redis_url)
         if isinstance(problem, RedisAccessError) or problem is None:
             log.error("Redis error: %s", problem or f"{type(e).__name__}: {e}")
@@ -146,12 +146,12 @@ def install_handlers(app: FastAPI) -> None:
         return _unavailable()
 
     @app.exception_handler(Exception)
-    async def _bug(_: Request, e: Exception) -> JSONResponse:
+    async def _bug(_: Request, e: Exception) -> ApiResponse:
         log.exception("unexpected error", exc_info=e)
         return ApiError(500, "the server failed the request (a bug: it is logged)").response()
 
 
-def _unavailable() -> JSONResponse:
+def _unavailable() -> ApiResponse:
     return ApiError(
         503, "the service's store is unreachable; retry shortly", retry_after_s=RETRY_AFTER_S
     ).response()

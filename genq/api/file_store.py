@@ -72,6 +72,18 @@ class LineCheck:
         if not isinstance(value, dict):
             self.add_error(number, "invalid_json_line", f"expected an object, got {shown(value)}")
             return
+        try:
+            # JSON's \ud800 escapes decode to lone surrogates, which no UTF-8 encoder (Redis,
+            # the queue) can write: refused here, for the whole line.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as e:
+            self.add_error(
+                number,
+                "invalid_unicode",
+                f"the line holds a lone surrogate (\\u{ord(e.object[e.start]):04x}); text must "
+                "be valid Unicode",
+            )
+            return
         unknown = sorted(set(value) - _LINE_FIELDS)
         if unknown:
             self.add_error(

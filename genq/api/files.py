@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from genq.api.context import ApiContext, context, tenant
+from genq.api.context import ApiContext, context, list_object, tenant
 from genq.api.errors import ApiError
 from genq.api.file_store import file_object
 from genq.api.idempotency import HEADER, REPLAYED_HEADER, fingerprint
+from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
 from genq.settings import MAX_FILE_TTL_S, MIN_FILE_TTL_S
 
@@ -27,7 +28,7 @@ def create_file(
     expires_after_seconds: Annotated[int | None, Form(alias="expires_after[seconds]")] = None,
     who: Tenant = Depends(tenant),
     ctx: ApiContext = Depends(context),
-) -> JSONResponse:
+) -> ApiResponse:
     """Store the file and check every line as batch input; invalid lines are reported when a
     batch is created from it (as OpenAI does), with their line numbers."""
     if purpose != "batch":
@@ -63,7 +64,7 @@ def create_file(
     body = file_object(fields)
     key = request.headers.get(HEADER)
     if key is None:
-        return JSONResponse(body)
+        return ApiResponse(body)
     # The content's digest is known only once it is read: a replay drops the new copy.
     digest = fingerprint("POST", "/v1/files", purpose, filename, ttl_s, sha)
     try:
@@ -73,9 +74,9 @@ def create_file(
         raise
     if replay is not None:
         ctx.files.delete(who.name, fields["id"])
-        return JSONResponse(replay.body, replay.status, headers={REPLAYED_HEADER: "true"})
+        return ApiResponse(replay.body, replay.status, headers={REPLAYED_HEADER: "true"})
     ctx.idempotency.finish(who.name, key, digest, 200, body)
-    return JSONResponse(body)
+    return ApiResponse(body)
 
 
 @router.get("", summary="List files")
@@ -89,13 +90,7 @@ def list_files(
 ) -> dict[str, Any]:
     rows, more = ctx.files.page(who.name, after, limit, order == "desc", purpose)
     data = [file_object(row) for row in rows]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    return list_object(data, more)
 
 
 @router.get("/{file_id}", summary="Retrieve a file's metadata")

@@ -85,7 +85,7 @@ def _too_large(limit: int) -> ApiError:
 
 async def _send(send: Send, error: ApiError) -> None:
     response = error.response()
-    await send(
-        {"type": "http.response.start", "status": error.status, "headers": response.raw_headers}
-    )
+    # The body was not read: closing the connection stops the client sending the rest.
+    headers = [*response.raw_headers, (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

@@ -5,19 +5,18 @@ results page by page in input order while it runs, cancel, list."""
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genq import keyspace
-from genq.api.context import ApiContext, context, idempotent, tenant
+from genq.api.context import ApiContext, context, idempotent, list_object, tenant
 from genq.api.errors import ApiError, not_found
 from genq.api.idempotency import fingerprint
+from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
 from genq.api.webhooks import check_target
 from genq.errors import InputFileError, InvalidIdError, JobNotFoundError
@@ -26,6 +25,7 @@ from genq.producer.inputs import parse_line, read_items
 from genq.producer.validation import with_job_options
 from genq.schema import JobInfo, JobSpec
 from genq.settings import LIST_PAGE_DEFAULT, LIST_PAGE_MAX
+from genq.text import IdempotencyKey
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs (genq)"])
 
@@ -41,7 +41,7 @@ class JobCreate(BaseModel):
     items: list[Any] = Field(min_length=1)
     params: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
-    idempotency_key: str | None = None
+    idempotency_key: IdempotencyKey | None = None
     expires_in_s: float | None = None
     callback_url: str | None = None  # told when the job ends (a Standard Webhooks POST)
 
@@ -53,7 +53,7 @@ def job_object(info: JobInfo) -> dict[str, Any]:
 @router.post("", status_code=201, summary="Create a job (JSON body, or a JSON Lines upload)")
 async def create_job(
     request: Request, who: Tenant = Depends(tenant), ctx: ApiContext = Depends(context)
-) -> JSONResponse:
+) -> ApiResponse:
     """A JSON body is a :class:`JobCreate`. A JSON Lines body (Content-Type
     ``application/jsonl``) holds one item per line, and the job's options go in the query
     string: ``params`` and ``metadata`` as JSON, ``idempotency_key``, ``expires_in_s``,
@@ -100,7 +100,7 @@ async def create_job(
 
 def _create(
     request: Request, who: Tenant, ctx: ApiContext, body: JobCreate, labels: list[str] | None
-) -> JSONResponse:
+) -> ApiResponse:
     record = {"tenant": who.name}
     if body.callback_url is not None:
         if not who.webhook_secret:
@@ -155,9 +155,9 @@ def _json_query(value: str | None, name: str) -> Any:
     if value is None:
         return None
     try:
-        return json.loads(value)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name} must be JSON", param=name) from None
+        return parse_line(value)  # strict JSON, nesting bounded
+    except InputFileError as e:
+        raise ApiError(400, f"query parameter {name} must be JSON: {e}", param=name) from None
 
 
 def owned(ctx: ApiContext, who: Tenant, job_id: str) -> JobInfo:
@@ -183,14 +183,13 @@ def list_jobs(
     rows, more = page_of(
         ctx.client.store.redis, keyspace.tenant_jobs(who.name), keyspace.job, after, limit, True
     )
-    data = [job_object(ctx.client.status(row["id"])) for row in rows]
-    return {
-        "object": "list",
-        "data": data,
-        "first_id": data[0]["id"] if data else None,
-        "last_id": data[-1]["id"] if data else None,
-        "has_more": more,
-    }
+    data = []
+    for row in rows:
+        try:
+            data.append(job_object(ctx.client.status(row["id"])))
+        except JobNotFoundError:
+            continue  # it expired since the page was read
+    return list_object(data, more)
 
 
 @router.get("/{job_id}", summary="A job's status and counters")

@@ -191,6 +191,8 @@ def _tenant(path: Path, name: str, table: Any) -> list[tuple[str, Tenant]]:
     if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
         raise ApiConfigError(f'{where}: keys must be a non-empty list of strings: keys = ["..."]')
     url, secret = table.get("webhook_url"), table.get("webhook_secret")
+    if url is not None and not isinstance(url, str):
+        raise ApiConfigError(f'{where}: webhook_url must be a string: webhook_url = "https://..."')
     if (url is None) != (secret is None):
         raise ApiConfigError(f"{where}: webhook_url and webhook_secret go together")
     if secret is not None and not _valid_secret(secret):
