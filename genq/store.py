@@ -260,7 +260,7 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
             if not ids:
                 break
             scanned += len(ids)
-            rows = self._job_rows(ids)
+            rows = self.job_rows(ids)
             gone = [job_id for job_id, row in zip(ids, rows, strict=True) if not row]
             if gone:
                 self.redis.zrem(keyspace.jobs_index(), *gone)
@@ -280,7 +280,7 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
                 break
         return found
 
-    def _job_rows(self, ids: Sequence[str]) -> list[dict[str, str]]:
+    def job_rows(self, ids: Sequence[str]) -> list[dict[str, str]]:
         """Each job's record (empty when it no longer exists), past-deadline jobs expired."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genq import keyspace
 from genq.api.batch_output import PAGE, PREFIX, BatchOutput
-from genq.api.errors import ApiError, not_found
+from genq.api.errors import ApiError, not_found, problem_line
 from genq.api.file_store import FileStore, page_of
 from genq.api.lines import (
     ENDPOINTS,
@@ -58,12 +58,6 @@ class BatchCreate(BaseModel):
         None, max_length=MAX_BATCH_METADATA_ITEMS
     )
     output_expires_after: OutputExpiresAfter | None = None
-
-
-def _first_problem(error: ValidationError) -> str:
-    problem = error.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in problem["loc"])
-    return f"{where}: {problem['msg']}" if where else str(problem["msg"])
 
 
 def window_s(window: str) -> int:
@@ -283,7 +277,11 @@ class Batches:
                 )
             except (RequestRefused, ValidationError) as e:
                 # One line genq cannot run never stops the others from being enqueued.
-                message = e.message if isinstance(e, RequestRefused) else _first_problem(e)
+                message = (
+                    e.message
+                    if isinstance(e, RequestRefused)
+                    else problem_line(e.errors(include_url=False)[0])
+                )
                 refused.append(
                     ItemResult(
                         custom_id=cid,
@@ -321,11 +319,9 @@ class Batches:
         return self.render(job_id, batch, job) if batch and job else None
 
     def _rows(self, job_id: str) -> tuple[dict[str, str], dict[str, str]]:
-        self.client.store.statuses([job_id])  # a job past its deadline turns expired first
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keyspace.batch(job_id))
-            pipe.hgetall(keyspace.job(job_id))
-            batch, job = pipe.execute()
+        batch: dict[str, str] = self.redis.hgetall(keyspace.batch(job_id))  # type: ignore[assignment]
+        # The store's read turns a job past its deadline expired first.
+        (job,) = self.client.store.job_rows([job_id])
         return batch, job
 
     def render(self, job_id: str, batch: dict[str, str], job: dict[str, str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import ValidationError
 
 from genq.api.context import ApiContext, context, tenant
-from genq.api.errors import ApiError, error_body, not_found
+from genq.api.errors import ApiError, error_body, first_problem, not_found
 from genq.api.lines import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
@@ -67,9 +67,8 @@ async def _single(request: Request, who: Tenant, ctx: ApiContext, endpoint: str)
     try:
         item = JobItem(prompt=asked.prompt, messages=asked.messages, params=asked.overrides or None)
     except ValidationError as e:
-        problem = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in problem["loc"])
-        raise ApiError(400, f"{where}: {problem['msg']}", param=where) from None
+        where, message = first_problem(e)
+        raise ApiError(400, f"{where}: {message}", param=where) from None
     spec = ctx.client.validate([item], defaults_for(endpoint), metadata={SOURCE: endpoint})
     record = {"tenant": who.name}
     job_id = await run_in_threadpool(ctx.client.submit_spec, spec, record)

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genq.api.responses import ApiResponse
@@ -103,7 +104,7 @@ def install_handlers(app: FastAPI) -> None:
         problems = e.errors()
         first = problems[0] if problems else {}
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        message = "; ".join(_validation_line(p) for p in problems[:5]) or "invalid request"
+        message = "; ".join(problem_line(p) for p in problems[:5]) or "invalid request"
         return ApiError(400, message, code="invalid_value", param=".".join(loc) or None).response()
 
     @app.exception_handler(StarletteHTTPException)
@@ -157,8 +158,20 @@ def _unavailable() -> ApiResponse:
     ).response()
 
 
-def _validation_line(problem: Mapping[str, Any]) -> str:
+def where_and_message(problem: Mapping[str, Any]) -> tuple[str, str]:
+    """One pydantic problem as (dotted location, message), without FastAPI's body/query/path
+    prefix and pydantic's "Value error, "."""
     loc: Sequence[object] = problem.get("loc", ())
     where = ".".join(str(p) for p in loc if p not in ("body", "query", "path"))
-    message = str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+    return where, str(problem.get("msg", "invalid")).removeprefix("Value error, ")
+
+
+def first_problem(error: ValidationError) -> tuple[str, str]:
+    """The first problem of ``error`` (see :func:`where_and_message`)."""
+    return where_and_message(error.errors(include_url=False)[0])
+
+
+def problem_line(problem: Mapping[str, Any]) -> str:
+    """A pydantic problem as one line: "where: message"."""
+    where, message = where_and_message(problem)
     return f"{where}: {message}" if where else message

@@ -165,6 +165,22 @@ def file_object(fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _metadata(
+    file_id: str, tenant: str, filename: str, purpose: str, size: int, ttl_s: int
+) -> dict[str, str]:
+    """The fields every file's record has (created now, expiring after ``ttl_s``)."""
+    now = time.time()
+    return {
+        "id": file_id,
+        "tenant": tenant,
+        "bytes": str(size),
+        "created_at": repr(now),
+        "filename": filename,
+        "purpose": purpose,
+        "expires_at": repr(now + ttl_s),
+    }
+
+
 def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
 
@@ -243,22 +259,15 @@ class FileStore:
         except BaseException:
             self.redis.delete(keyspace.file_data(file_id))
             raise
-        now = time.time()
         ttl = ttl_s or self.default_ttl_s
         fields = {
-            "id": file_id,
-            "tenant": tenant,
-            "bytes": str(size),
-            "created_at": repr(now),
-            "filename": filename,
-            "purpose": "batch",
+            **_metadata(file_id, tenant, filename, "batch", size, ttl),
             "lines": str(check.lines),
             "errors": json.dumps(check.errors),
             "error_count": str(check.error_count),
             "urls": json.dumps(list(check.urls)),
             "models": json.dumps(list(check.models)),
         }
-        fields["expires_at"] = repr(now + ttl)
         self._commit(tenant, file_id, fields, ttl)
         return fields, check, sha.hexdigest()
 
@@ -270,16 +279,7 @@ class FileStore:
     ) -> None:
         """Queue on ``pipe`` (the caller's transaction) what records a file a batch wrote with
         :meth:`writer` (purpose ``batch_output``)."""
-        now = time.time()
-        fields = {
-            "id": file_id,
-            "tenant": tenant,
-            "bytes": str(size),
-            "created_at": repr(now),
-            "filename": filename,
-            "purpose": "batch_output",
-            "expires_at": repr(now + ttl_s),
-        }
+        fields = _metadata(file_id, tenant, filename, "batch_output", size, ttl_s)
         self._commit_commands(pipe, tenant, file_id, fields, ttl_s)
 
     def _commit(self, tenant: str, file_id: str, fields: dict[str, str], ttl_s: int) -> None:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from genq import keyspace
 from genq.api.context import ApiContext, context, idempotent, list_object, tenant
-from genq.api.errors import ApiError, not_found
+from genq.api.errors import ApiError, not_found, where_and_message
 from genq.api.idempotency import fingerprint
 from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
@@ -144,10 +144,11 @@ def _job_body(data: Any) -> JobCreate:
     try:
         return JobCreate.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}"
-            for err in e.errors(include_url=False)[:5]
-        )
+        lines = []
+        for problem in e.errors(include_url=False)[:5]:
+            where, message = where_and_message(problem)
+            lines.append(f"{where or 'body'}: {message}")
+        problems = "; ".join(lines)
         raise ApiError(400, f"invalid job: {problems}") from None
 
 

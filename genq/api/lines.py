@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from genq.api.errors import error_body, first_problem
 from genq.schema import (
     ChatMessage,
     GenerationParams,
@@ -226,10 +227,8 @@ def translate(endpoint: str, body: Any) -> Request:
     try:
         merged = defaults.with_overrides(params)
     except ValidationError as e:
-        problem = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in problem["loc"]) or None
-        name = {"max_new_tokens": limit_name, "num_return_sequences": "n"}.get(where or "", where)
-        message = str(problem["msg"]).removeprefix("Value error, ")
+        where, message = first_problem(e)
+        name = {"max_new_tokens": limit_name, "num_return_sequences": "n"}.get(where, where) or None
         raise RequestRefused(f"{name}: {message}" if name else message, name) from None
     return Request(model=model, prompt=prompt, messages=messages, params=merged, overrides=params)
 
@@ -288,10 +287,9 @@ def _messages(value: Any) -> tuple[ChatMessage, ...]:
         try:
             out.append(ChatMessage.model_validate({**message, "content": content}))
         except ValidationError as e:
-            problem = e.errors(include_url=False)[0]
-            where = ".".join(str(p) for p in problem["loc"])
+            where, message = first_problem(e)
             raise RequestRefused(
-                f"messages[{i}].{where}: {problem['msg']}", f"messages[{i}].{where}"
+                f"messages[{i}].{where}: {message}", f"messages[{i}].{where}"
             ) from None
     return tuple(out)
 
@@ -396,8 +394,6 @@ def output_line(
     endpoint: str, job_id: str, result: ItemResult, model: str, created: int
 ) -> dict[str, Any]:
     """A result as a batch output (or error) file line."""
-    from genq.api.errors import error_body
-
     ident = f"{job_id}:{result.index}"
     if result.error is None:
         status, body = 200, response_object(endpoint, result, model, created, ident)
