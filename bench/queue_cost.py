@@ -44,10 +44,13 @@ def queued_bytes(url: str, n: int, chunk_size: int, params: dict[str, object]) -
     )
     job_id = client.submit(prompts(n), params)
     r = client.store.redis
-    queue_bytes = int(r.memory_usage(keyspace.celery_queue(queue), samples=0) or 0)
+    # Fair scheduling keeps most messages on the job's pending list, the rest in the queue.
+    lists = (*keyspace.celery_queue_lists(queue), keyspace.sched_pending(queue, job_id))
+    queue_bytes = sum(int(r.memory_usage(key, samples=0) or 0) for key in lists)
     job_bytes = int(r.memory_usage(keyspace.job(job_id), samples=0) or 0)
-    messages = int(r.llen(keyspace.celery_queue(queue)))
-    r.delete(keyspace.celery_queue(queue))
+    messages = sum(int(r.llen(key)) for key in lists)
+    client.cancel(job_id)
+    r.delete(*lists)
     return {
         "items": n,
         "messages": messages,

@@ -10,8 +10,8 @@ import ssl
 
 from celery import Celery
 
-from genq import keyspace
-from genq.settings import LEASE_SWEEP_S, Settings
+from genq import leases
+from genq.settings import Settings
 
 GENERATE_TASK = "genq.generate"
 
@@ -33,21 +33,8 @@ def celery_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        broker_transport_options={
-            "global_keyprefix": keyspace.celery_prefix(),
-            # Leases: a held message's entry in unacked_index is renewed by its worker's
-            # heartbeat (JobStore.renew_leases); kombu requeues one older than the lease, to
-            # the head of the queue, from any live worker's sweep.
-            "unacked_key": keyspace.CELERY_UNACKED,
-            "unacked_index_key": keyspace.CELERY_UNACKED_INDEX,
-            "unacked_mutex_key": keyspace.CELERY_UNACKED_MUTEX,
-            "visibility_timeout": settings.lease_s,
-            "unacked_restore_interval": LEASE_SWEEP_S,
-            "unacked_restore_throttle": 1,  # kombu's default scans every 10th sweep only
-            # kombu holds this lock while it requeues; a worker killed holding it would stop
-            # every recovery for kombu's default of 5 minutes.
-            "unacked_mutex_expire": LEASE_SWEEP_S * 2,
-        },
+        # Leases: kombu's ack emulation, renewed by each holder's heartbeat (genq.leases).
+        broker_transport_options=leases.transport_options(settings.lease_s),
         worker_send_task_events=False,
         worker_enable_remote_control=False,
         enable_utc=True,

@@ -1,6 +1,6 @@
 """The dead-letter list: queue messages workers refused, each with its reason, bounded.
 
-Part of :class:`genq.store.JobStore` (the only code that reads or writes genq's keys); the worker
+Part of :class:`genq.store.JobStore` (the base of both sides' stores); the worker
 side that refuses messages is :mod:`genq.worker.guard`.
 """
 

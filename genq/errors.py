@@ -100,3 +100,12 @@ class WebhookTargetError(ConfigError):
 
 class ApiConfigError(ConfigError):
     """`genq api` cannot start as configured (no API keys, an unreadable tenants file)."""
+
+
+class QuotaExceededError(GenqError):
+    """A tenant is at one of its quotas (jobs in progress, queued items): nothing was enqueued;
+    submitting again once some of its work has ended will succeed."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

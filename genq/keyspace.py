@@ -10,7 +10,10 @@ genq:workers                zset   worker ids by last heartbeat
 genq:worker:{id}            hash   WorkerInfo fields and counters
 genq:worker:{id}:batches    hash   sequences per batch -> number of batches
 genq:celery:*                      kombu's queues and bookkeeping (via global_keyprefix)
-genq:celery:unacked         hash   delivery tag -> message a worker holds (kombu's ack emulation)
+genq:celery:{q}\x06\x163     list   the queue's normal and low messages (kombu's list for message
+                                   priority 3; genq:celery:{q} holds the urgent ones, popped first)
+genq:celery:unacked         hash   delivery tag -> message a worker holds (kombu's ack emulation;
+                                   named in genq.leases, with everything else about leases)
 genq:celery:unacked_index   zset   delivery tag -> lease time: renewed by the holder's heartbeat,
                                    requeued by any worker once older than GENQ_LEASE_S
 genq:celery:dead            list   DeadLetter JSON, newest first: messages no worker could use
@@ -24,6 +27,18 @@ genq:batch:{job id}:finalize string lock: one process writes the batch's output 
 genq:tenant:{t}:files       zset   a tenant's file ids by creation time
 genq:tenant:{t}:batches     zset   a tenant's batch ids by creation time
 genq:tenant:{t}:jobs        zset   a tenant's native-API job ids by creation time
+genq:tenant:{t}:policy      hash   a tenant's scheduling weight and quotas (written by `genq api`
+                                   from its tenants file, or by `genq tenants set`)
+genq:tenant-policies        set    names of the tenants with a policy
+genq:tenant:{t}:unfinished  set    the tenant's jobs not yet ended (what its quotas count)
+genq:sched:{q}:pending:{id} list   a job's queue messages not yet given to the Celery queue,
+                                   each "items|kombu payload" (docs/scheduling.md)
+genq:sched:{q}:active       hash   job id -> "priority<TAB>tenant", of jobs with pending messages
+genq:sched:{q}:queued       hash   job id -> items pending (not yet in the Celery queue)
+genq:sched:{q}:ring:{p}:{t} list   a tenant's jobs at priority p, served round-robin
+genq:sched:{q}:tenants:{p}  zset   tenants with pending work at priority p -> virtual time
+genq:sched:{q}:clock:{p}    string the virtual time of the last tenant served at priority p
+genq:sched:{q}:skipped      hash   priority -> messages dispatched in a row while it waited
 genq:http-idempotency:{h}   string an Idempotency-Key's request fingerprint and first answer
 genq:webhooks:outbox        zset   job id -> when its end event is due (written by the scripts
                                    that end a job, atomically with the end)
@@ -102,16 +117,22 @@ def celery_prefix() -> str:
     return namespace("celery") + SEPARATOR
 
 
-# kombu's names for its ack-emulation keys (it adds celery_prefix() itself); genq passes them
-# to kombu explicitly so that the lease renewal below and kombu agree on one name.
-CELERY_UNACKED = "unacked"
-CELERY_UNACKED_INDEX = "unacked_index"
-CELERY_UNACKED_MUTEX = "unacked_mutex"
-
-
 def celery_queue(queue: str) -> str:
     """Full name of a Celery queue's list (messages waiting for any worker)."""
     return celery_prefix() + queue
+
+
+# kombu's Redis transport keeps a queue's messages of priority p > 0 on the queue's list named
+# with this separator and p, and its consumer pops the lists in order of p (0 first).
+KOMBU_PRIORITY_SEP = "\x06\x16"
+URGENT_MESSAGE_PRIORITY = 0  # high work: on the queue's own list, popped first
+OTHER_MESSAGE_PRIORITY = 3  # normal and low work (the feeder has ordered them already)
+
+
+def celery_queue_lists(queue: str) -> tuple[str, str]:
+    """A Celery queue's two lists in genq's use: urgent messages, then the others."""
+    base = celery_queue(queue)
+    return base, f"{base}{KOMBU_PRIORITY_SEP}{OTHER_MESSAGE_PRIORITY}"
 
 
 def celery_dead() -> str:
@@ -157,6 +178,41 @@ def tenant_jobs(tenant: str) -> str:
     return namespace("tenant", checked_id(tenant, "tenant name"), "jobs")
 
 
+def tenant_prefix() -> str:
+    """Start of every per-tenant key (the scripts that count quotas build keys from it)."""
+    return namespace("tenant") + SEPARATOR
+
+
+def tenant_policy(tenant: str) -> str:
+    return namespace("tenant", checked_id(tenant, "tenant name"), "policy")
+
+
+def tenant_policies() -> str:
+    """The names of the tenants that have a policy (weight or quotas)."""
+    return namespace("tenant-policies")
+
+
+def tenant_unfinished(tenant: str) -> str:
+    return namespace("tenant", checked_id(tenant, "tenant name"), "unfinished")
+
+
+def job_prefix() -> str:
+    """Start of every job record's key (``job_prefix() + id`` is :func:`job`)."""
+    return namespace("job") + SEPARATOR
+
+
+def sched_prefix(queue: str) -> str:
+    """Start of the fair feeder's keys for ``queue`` (the feeder's script builds the rest: which
+    job's list it reads next is known only inside the script)."""
+    return namespace("sched", checked_id(queue, "queue name")) + SEPARATOR
+
+
+def sched_pending(queue: str, job_id: str) -> str:
+    """A job's messages not yet given to the Celery queue (built by the feeder's script from
+    :func:`sched_prefix`; named here for readers such as benchmarks)."""
+    return sched_prefix(queue) + "pending:" + checked_id(job_id)
+
+
 def http_idempotency(tenant: str, key: str) -> str:
     """Where an HTTP Idempotency-Key of a tenant is remembered (hashed: keys are any text)."""
     digest = hashlib.sha256(f"{tenant}\0{key}".encode("utf-8", "surrogatepass")).hexdigest()
@@ -173,8 +229,3 @@ def webhook_state() -> str:
 
 def webhook_failed() -> str:
     return namespace("webhooks", "failed")
-
-
-def celery_unacked_index() -> str:
-    """Full name of kombu's zset of held messages (delivery tag -> lease time)."""
-    return celery_prefix() + CELERY_UNACKED_INDEX

@@ -1,12 +1,12 @@
-"""Worker records in Redis: each worker's identity, heartbeat, batch counters and leases.
+"""Worker records in Redis: each worker's identity, heartbeat and batch counters (its leases:
+:mod:`genq.leases`).
 
-Part of :class:`genq.store.JobStore` (the only code that reads or writes genq's keys).
+Part of :class:`genq.store.JobStore` (the base of both sides' stores).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +32,12 @@ class BatchStats:
 
 
 class WorkerRecords:
-    """Registers workers, refreshes their heartbeats and leases, counts their batches."""
+    """Registers workers, refreshes their heartbeats, counts their batches."""
 
     redis: redis.Redis
 
     def _register_worker_scripts(self) -> None:
         self._heartbeat = self.redis.register_script(scripts.HEARTBEAT)
-        self._renew = self.redis.register_script(scripts.RENEW)
         self._expire_persistent = self.redis.register_script(scripts.EXPIRE_PERSISTENT)
 
     def register_worker(self, info: WorkerInfo, heartbeat_s: float) -> None:
@@ -67,22 +66,11 @@ class WorkerRecords:
         return bool(self._heartbeat(keys=keys, args=[repr(now), ttl, worker_id]))
 
     def queue_length(self, queue: str) -> int:
-        """Messages waiting in a Celery queue."""
-        length: int = self.redis.llen(keyspace.celery_queue(queue))  # type: ignore[assignment]
-        return length
-
-    def renew_leases(self, delivery_tags: Sequence[str]) -> list[str]:
-        """Renew the leases on messages a worker holds; return the tags it no longer holds.
-
-        A lease not renewed for GENQ_LEASE_S is expired: kombu requeues the message (the
-        worker is presumed dead) and the old holder must neither run the rest of it nor ack it.
-        """
-        if not delivery_tags:
-            return []
-        lost = self._renew(
-            keys=[keyspace.celery_unacked_index()], args=[time.time(), *delivery_tags]
-        )
-        return [str(tag) for tag in lost]
+        """Messages waiting in a Celery queue (on both of its lists)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in keyspace.celery_queue_lists(queue):
+                pipe.llen(key)
+            return sum(pipe.execute())
 
     def _count_batch(self, pipe: Pipeline, batch: BatchStats) -> None:
         worker, sizes = keyspace.worker(batch.worker_id), keyspace.worker_batches(batch.worker_id)

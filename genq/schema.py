@@ -43,6 +43,24 @@ TERMINAL = frozenset(
 )
 UNFINISHED = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
 
+
+class Priority(str, Enum):
+    """How urgent a job is: every worker serves the highest waiting priority first (a level
+    passed over GENQ_STARVE_AFTER_MESSAGES times in a row gets the next message; see
+    docs/scheduling.md)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for the most urgent: the order levels are served in."""
+        return PRIORITIES.index(self)
+
+
+PRIORITIES = (Priority.HIGH, Priority.NORMAL, Priority.LOW)  # most urgent first
+
 FinishReason = Literal["length", "stop", "eos"]
 
 
@@ -205,6 +223,8 @@ class JobSpec(BaseModel):
     expires_in_s: float | None = Field(
         None, strict=True, allow_inf_nan=False, gt=0, le=defaults.MAX_EXPIRES_IN_S
     )
+    # None: the producer's GENQ_DEFAULT_PRIORITY.
+    priority: Priority | None = None
 
     @model_validator(mode="after")
     def _unique_custom_ids(self) -> JobSpec:
@@ -222,12 +242,19 @@ class JobSpec(BaseModel):
         text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
-    def messages(self, job_id: str, enqueued_at: float, max_items: int) -> list[str]:
+    def messages(
+        self,
+        job_id: str,
+        enqueued_at: float,
+        max_items: int,
+        priority: Priority = Priority.NORMAL,
+    ) -> list[str]:
         """The job's queue messages: chunks of at most ``max_items`` items and about
         CHUNK_MAX_BYTES of JSON each, serialised (see :class:`WorkChunk`)."""
         return chunk_messages(
             job_id,
             enqueued_at,
+            priority,
             [
                 ChunkItem(
                     index=i,
@@ -312,11 +339,16 @@ class WorkChunk(BaseModel):
 
     job_id: str = Field(pattern=keyspace.ID_PATTERN)
     enqueued_at: float = Field(allow_inf_nan=False)
+    priority: Priority = Priority.NORMAL  # the job's, so a worker's pool can order by it
     items: list[ChunkItem] = Field(min_length=1, max_length=defaults.MAX_CHUNK_ITEMS)
 
 
 def chunk_messages(
-    job_id: str, enqueued_at: float, items: Sequence[ChunkItem], max_items: int
+    job_id: str,
+    enqueued_at: float,
+    priority: Priority,
+    items: Sequence[ChunkItem],
+    max_items: int,
 ) -> list[str]:
     """Serialised :class:`WorkChunk` messages holding ``items`` in order: at most ``max_items``
     each, and a new message once one holds CHUNK_MAX_BYTES of item JSON (one item at least).
@@ -324,7 +356,10 @@ def chunk_messages(
     Items are serialised one by one so that each message's size is known exactly; the envelope
     around them is the WorkChunk's three fields (a test checks they round-trip).
     """
-    head = f'{{"job_id":{json.dumps(job_id)},"enqueued_at":{enqueued_at!r},"items":['
+    # A normal job's messages leave the field out: workers of the previous version, which
+    # refuse fields they do not know, still run them.
+    named = "" if priority is Priority.NORMAL else f'"priority":"{priority.value}",'
+    head = f'{{"job_id":{json.dumps(job_id)},"enqueued_at":{enqueued_at!r},{named}"items":['
     messages: list[str] = []
     parts: list[str] = []
     size = 0
@@ -338,6 +373,32 @@ def chunk_messages(
     if parts:
         messages.append(head + ",".join(parts) + "]}")
     return messages
+
+
+def items_in_message(message: str) -> int:
+    """How many items a message of :func:`chunk_messages` holds, without parsing it: each item
+    is serialised starting with its ``{"index":`` key, and that text cannot occur elsewhere
+    (inside a string its quotes are escaped; no other object has an ``index`` key)."""
+    return message.count('{"index":')
+
+
+class TenantPolicy(BaseModel):
+    """A tenant's share of the workers and its quotas (docs/scheduling.md). Kept in Redis, so
+    that every producer enforces the same quotas and every worker's refill the same weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Within a priority, backlogged tenants get items in proportion to their weights.
+    weight: float = Field(
+        defaults.DEFAULT_TENANT_WEIGHT,
+        strict=True,
+        allow_inf_nan=False,
+        ge=defaults.MIN_TENANT_WEIGHT,
+        le=defaults.MAX_TENANT_WEIGHT,
+    )
+    # Items not yet done across the tenant's unfinished jobs (None: no limit).
+    max_queued_items: int | None = Field(None, strict=True, ge=1)
+    max_jobs_in_progress: int | None = Field(None, strict=True, ge=1)  # unfinished jobs
 
 
 class ItemErrorType(str, Enum):
@@ -419,6 +480,7 @@ class JobInfo(BaseModel):
     error: str | None = None  # why the whole job failed, when status is failed
     expires_at: datetime | None = None  # the job's deadline, when it has one
     tenant: str | None = None  # the API tenant that owns it (None: submitted from Redis directly)
+    priority: Priority = Priority.NORMAL
 
     @property
     def done(self) -> int:

@@ -1,20 +1,29 @@
 """genq's Lua scripts: every change of job state that touches more than one key, atomically.
 
-Run by :mod:`genq.store` (the only code that reads or writes genq's keys). Each script says which
+Run by the stores (:mod:`genq.store`, :mod:`genq.submissions`, :mod:`genq.worker.work_store`:
+the only code that reads or writes genq's job keys). Each script says which
 KEYS and ARGV it takes and what it returns.
 """
 
 from __future__ import annotations
 
+from genq import keyspace
+from genq.settings import DEFAULT_TENANT
+
 _TERMINAL = "{completed=true, failed=true, cancelled=true, expired=true}"
 
 # Every script that ends a job calls this in the same step: a job with someone to tell (its
 # record has `notify`: a batch of a tenant with a webhook, a native job with a callback_url)
-# gets its end event into the webhook outbox atomically with the end. KEYS[4]: the outbox.
-_NOTIFY = """
+# gets its end event into the webhook outbox atomically with the end, and the job stops
+# counting against its tenant's quotas. KEYS[4]: the outbox. (The tenant's set is named from
+# the record, so it is built here: genq runs on one Redis, no cluster slots to declare.)
+_NOTIFY = f"""
 local function notify(now)
-  if redis.call('HEXISTS', KEYS[1], 'notify') == 1 then
-    redis.call('ZADD', KEYS[4], 'NX', now, redis.call('HGET', KEYS[1], 'id'))
+  local f = redis.call('HMGET', KEYS[1], 'notify', 'id', 'tenant')
+  if f[1] then redis.call('ZADD', KEYS[4], 'NX', now, f[2]) end
+  if f[2] then
+    local tenant = f[3] or '{DEFAULT_TENANT}'
+    redis.call('SREM', '{keyspace.tenant_prefix()}' .. tenant .. ':unfinished', f[2])
   end
 end
 """
@@ -48,6 +57,44 @@ local function valid_index(text, total)
   local index = tonumber(text)
   return index ~= nil and index >= 0 and index < total and index % 1 == 0
 end
+"""
+
+# KEYS: job, jobs index, deadlines, tenant's unfinished set, tenant's policy. ARGV: job id, now,
+# ttl_s, total, deadline (or ''), then the record's field/value pairs. Writes a new job's record
+# (queued) and indexes it, unless that would put the tenant over a quota of its policy
+# (max_jobs_in_progress, max_queued_items): then nothing is written. Returns {'ok'} or {what,
+# in use, limit}. The quotas count the tenant's unfinished jobs (ended ones are pruned here).
+CREATE_JOB = f"""
+local id, now, ttl, total = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local policy = redis.call('HMGET', KEYS[5], 'max_jobs_in_progress', 'max_queued_items')
+local max_jobs, max_items = tonumber(policy[1] or ''), tonumber(policy[2] or '')
+if max_jobs or max_items then
+  local terminal = {_TERMINAL}
+  local jobs, items = 0, 0
+  for _, other in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local f = redis.call('HMGET', '{keyspace.job_prefix()}' .. other, 'status', 'total',
+                         'completed', 'failed')
+    if not f[1] or terminal[f[1]] then
+      redis.call('SREM', KEYS[4], other)
+    else
+      jobs = jobs + 1
+      items = items + tonumber(f[2]) - tonumber(f[3] or '0') - tonumber(f[4] or '0')
+    end
+  end
+  if max_jobs and jobs + 1 > max_jobs then return {{'max_jobs_in_progress', jobs, max_jobs}} end
+  if max_items and items + total > max_items then
+    return {{'max_queued_items', items, max_items}}
+  end
+end
+local fields = {{}}
+for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], now, id)
+if ARGV[5] ~= '' then redis.call('ZADD', KEYS[3], ARGV[5], id) end
+redis.call('SADD', KEYS[4], id)
+redis.call('EXPIRE', KEYS[4], ttl)
+return {{'ok'}}
 """
 
 # KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, then (index, ok, json) triples.
@@ -177,21 +224,6 @@ notify(ARGV[1])
 return ARGV[3]
 """
 )
-
-
-# KEYS: kombu's unacked index. ARGV: now, then delivery tags. Renews the leases this worker
-# holds; returns the tags that are no longer held (requeued after the lease expired).
-RENEW = """
-local lost = {}
-for i = 2, #ARGV do
-  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i])
-  else
-    table.insert(lost, ARGV[i])
-  end
-end
-return lost
-"""
 
 
 # KEYS: any. ARGV: ttl_s. Gives a TTL to the keys that have none (EXPIRE NX, before Redis 7).

@@ -1,7 +1,7 @@
 """What the Redis server says of itself, for warnings and errors: its append-only file, how
 long it has run, and one-time notices already given.
 
-Part of :class:`genq.store.JobStore` (the only code that reads or writes genq's keys).
+Part of :class:`genq.store.JobStore` (the base of both sides' stores).
 """
 
 from __future__ import annotations

@@ -30,6 +30,23 @@ DEFAULT_MAX_BATCH_TOKENS_CUDA = 262_144
 DEFAULT_MAX_WAIT_MS = 50  # longest a lone prompt waits for batch neighbours
 DEFAULT_CHUNK_SIZE = 16  # prompts per Celery message: amortises the queue cost per prompt
 
+# --- Scheduling (docs/scheduling.md) ------------------------------------------------------------
+DEFAULT_SCHEDULING = "fair"  # fair (pending lists per job, fair refill) | fifo (one queue)
+DEFAULT_PRIORITY = "normal"  # high | normal | low, for jobs submitted without one
+# Messages the fair refill keeps ready in the Celery queue: enough that no worker waits for a
+# refill, few enough that urgent work is never far from the head.
+DEFAULT_FEED_DEPTH = 4
+FEED_BATCH_MESSAGES = 64  # a producer stages a job's messages this many at a time
+# A waiting priority level passed over this many messages in a row gets the next one: low work
+# under sustained normal load gets at least 1 message in (this + 1).
+DEFAULT_STARVE_AFTER_MESSAGES = 9
+# In a worker's pool, an item moves up one priority level for each this many seconds it waited.
+DEFAULT_PRIORITY_AGING_S = 2.0
+DEFAULT_TENANT = "default"  # the tenant of jobs submitted without one (CLI, client)
+DEFAULT_TENANT_WEIGHT = 1.0
+MIN_TENANT_WEIGHT, MAX_TENANT_WEIGHT = 0.001, 1000.0  # shares of 1 to 1,000,000 at most
+QUOTA_RETRY_AFTER_S = 30  # what a refusal over quota asks the client to wait
+
 # --- Generation defaults (the seed tutorial's sampling settings) -------------------------------
 DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_TEMPERATURE = 1.0
@@ -124,6 +141,7 @@ WEBHOOK_TIMEOUT_S = 10.0
 WEBHOOK_RETRY_FOR_S = 24 * 3600
 WEBHOOK_BACKOFF_S = (5, 30, 120, 300, 1800, 3600, 7200)  # then every 2 hours until a day has passed
 DEADLINE_SWEEP_S = 1.0  # how often `genq api` ends jobs whose deadline passed
+POLICY_REFRESH_S = 30.0  # how often `genq api` writes its tenants file's policies to Redis
 WEBHOOK_POLL_S = 1.0  # how often a sender looks for events that are due
 WEBHOOK_CLAIM_S = 60  # an event a sender took is not taken by another sender for this long
 WEBHOOK_TOLERANCE_S = 300  # receivers reject a timestamp further off than this (Standard Webhooks)
@@ -177,6 +195,14 @@ class Settings(BaseSettings):
     file_ttl_s: int = Field(DEFAULT_FILE_TTL_S, ge=60)
     # The model name /v1/models lists and batch lines must ask for (default: GENQ_MODEL).
     served_model_name: str | None = None
+    scheduling: str = Field(DEFAULT_SCHEDULING, pattern=r"^(fair|fifo)$")
+    default_priority: str = Field(DEFAULT_PRIORITY, pattern=r"^(high|normal|low)$")
+    feed_depth: int = Field(DEFAULT_FEED_DEPTH, ge=1, le=10_000)
+    starve_after_messages: int = Field(DEFAULT_STARVE_AFTER_MESSAGES, ge=1, le=1_000_000)
+    priority_aging_s: float = Field(DEFAULT_PRIORITY_AGING_S, gt=0, le=24 * 3600)
+    # The null engine sleeps this long per batch, as a GPU-bound worker would spend on a
+    # forward pass: scheduling and scaling measured without a model.
+    null_batch_ms: int = Field(0, ge=0, le=600_000)
     # Reliability drills only: a JSON fault plan (genq/worker/engines/faults.py) that makes the
     # engine fail for chosen items. Never set it in production.
     faults: str | None = None

@@ -248,3 +248,74 @@ def test_a_bad_jsonl_line_names_its_line_not_a_server_path(api: ApiProcess) -> N
     message = answer.json()["error"]["message"]
     assert "line 2" in message
     assert "/tmp" not in message
+
+
+def _tenant_of(key: str) -> str:
+    import hashlib
+
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def test_over_a_quota_jobs_and_batches_get_429_with_retry_after_and_nothing_is_made(
+    api: ApiProcess, redis_server: RedisProcess
+) -> None:
+    from genq import keyspace
+    from genq.producer.client import Client
+    from genq.schema import TenantPolicy
+    from genq.settings import Settings
+
+    admin = Client(settings=Settings(redis_url=redis_server.url, queue=QUEUE))
+    tenant = _tenant_of(OTHER)
+    for job_id in admin.store.redis.smembers(keyspace.tenant_unfinished(tenant)):
+        admin.cancel(job_id)  # earlier tests' jobs of this tenant: the quota starts empty
+    admin.set_tenant_policy(tenant, TenantPolicy(max_jobs_in_progress=1))
+    try:
+        h = http(api, OTHER)
+        first = h.post(
+            "/v1/jobs", json={"items": ["a long story"] * 30, "params": {"max_new_tokens": 60}}
+        )
+        assert first.status_code == 201
+        jobs_before = h.get("/v1/jobs").json()["data"]
+        refused = h.post("/v1/jobs", json={"items": ["x"], "priority": "high"})
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["retry-after"]) > 0
+        assert refused.json()["error"]["code"] == "quota_exceeded"
+        assert "max_jobs_in_progress=1" in refused.json()["error"]["message"]
+        assert h.get("/v1/jobs").json()["data"] == jobs_before
+        line = {
+            "custom_id": "one",
+            "method": "POST",
+            "url": "/v1/completions",
+            "body": {"model": "tiny-gpt2", "prompt": "Hello", "max_tokens": 2},
+        }
+        upload = h.post(
+            "/v1/files",
+            data={"purpose": "batch"},
+            files={"file": ("in.jsonl", io.BytesIO(json.dumps(line).encode()))},
+        )
+        assert upload.status_code == 200, upload.text
+        batch = h.post(
+            "/v1/batches",
+            json={
+                "input_file_id": upload.json()["id"],
+                "endpoint": "/v1/completions",
+                "completion_window": "24h",
+            },
+        )
+        assert batch.status_code == 429, batch.text
+        assert h.get("/v1/batches").json()["data"] == []
+        h.post(f"/v1/jobs/{first.json()['id']}/cancel")
+        assert h.post("/v1/jobs", json={"items": ["x"]}).status_code == 201  # room again
+    finally:
+        admin.set_tenant_policy(tenant, None)
+
+
+def test_a_job_s_priority_is_kept_and_a_bad_one_is_a_400(api: ApiProcess) -> None:
+    h = http(api)
+    job = h.post("/v1/jobs", json={"items": ["Hi"], "priority": "high"}).json()
+    assert job["priority"] == "high"
+    assert wait_job(h, job["id"])["priority"] == "high"
+    assert h.post("/v1/jobs", json={"items": ["Hi"]}).json()["priority"] == "normal"
+    bad = h.post("/v1/jobs", json={"items": ["Hi"], "priority": "urgent"})
+    assert bad.status_code == 400
+    assert "priority" in bad.json()["error"]["message"]

@@ -111,3 +111,31 @@ def test_genq_api_without_keys_says_what_to_set_in_one_line(genq_cli: object) ->
     assert "GENQ_API_KEYS" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_tenants_file_gives_weights_and_quotas(tmp_path: Path) -> None:
+    path = tenants_file(
+        tmp_path / "t.toml",
+        {
+            "ads": {"keys": [KEY], "weight": 3, "max_queued_items": 500, "max_jobs_in_progress": 2},
+            "reports": {"keys": [KEY + "-reports"]},
+        },
+    )
+    tenants = load_tenants(Settings(api_tenants_file=str(path)))
+    policies = tenants.policies()
+    assert policies["reports"] is None
+    ads = policies["ads"]
+    assert ads is not None
+    assert (ads.weight, ads.max_queued_items, ads.max_jobs_in_progress) == (3.0, 500, 2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("weight", 0), ("weight", "heavy"), ("max_queued_items", 0), ("max_jobs_in_progress", 1.5)],
+)
+def test_a_bad_weight_or_quota_stops_the_api_in_one_line(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    path = tenants_file(tmp_path / "t.toml", {"ads": {"keys": [KEY], field: value}})
+    with pytest.raises(ApiConfigError, match=rf"\[tenants.ads\]: {field}"):
+        load_tenants(Settings(api_tenants_file=str(path)))

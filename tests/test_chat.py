@@ -18,7 +18,7 @@ from genq.errors import RefusedMessageError, WorkerConfigError
 from genq.producer.client import Client
 from genq.schema import ChatMessage, ItemResult, JobStatus, WorkChunk, chat_transcript
 from genq.settings import Settings
-from genq.store import JobStore, NewJob
+from genq.submissions import NewJob
 from genq.worker.engines import load_engine
 from genq.worker.engines.chat import (
     EXAMPLE_TEMPLATE,
@@ -30,6 +30,7 @@ from genq.worker.engines.faults import FaultPlan, FaultyEngine
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.null import NullEngine
 from genq.worker.runner import BatchRunner
+from genq.worker.work_store import WorkStore
 
 # Refuses tool messages, so that one template both renders and raises.
 TEMPLATE = (
@@ -81,7 +82,7 @@ def on_queue(settings: Settings, queue: str) -> Client:
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> HFEngine:
-    return HFEngine.load(str(tiny_model), "cpu")
+    return HFEngine.load(Settings(model=str(tiny_model), device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def test_the_configured_template_renders_for_generation(engine: HFEngine, tiny_m
 
 
 def test_the_models_template_is_used_and_the_configured_one_wins(templated_model: Path) -> None:
-    engine = HFEngine.load(str(templated_model), "cpu")
+    engine = HFEngine.load(Settings(model=str(templated_model), device="cpu"))
     assert engine.render_chat(messages(CONVERSATION)).endswith("### ASSISTANT:")
     assert engine.render_chat(messages(CONVERSATION), TEMPLATE).endswith("<assistant>")
 
@@ -175,7 +176,7 @@ def test_length_checks_count_the_rendered_conversations_tokens(
     conversation = [{"role": "user", "content": "coffee and cake"}]
     runner = BatchRunner(
         engine,
-        JobStore(connect(settings.redis_url), settings.result_ttl_s),
+        WorkStore(connect(settings.redis_url), settings.result_ttl_s),
         settings.model_copy(update={"chat_template": wordy}),
         "w",
     )

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from genq import keyspace
 from genq.producer.client import Client
 from genq.schema import GenerationParams, ItemResult, WorkItem
+from genq.settings import Settings
 from genq.worker.engines.base import Prepared
 from genq.worker.engines.hf import HFEngine
 
@@ -48,7 +49,7 @@ def write_jsonl(path: Path, items: list[dict[str, object]]) -> Path:
 
 
 def queue_length(client: Client) -> int:
-    return int(client.store.redis.llen(keyspace.celery_queue(client.settings.queue)))
+    return client.store.queue_length(client.settings.queue)
 
 
 def test_bulk_job_round_trip_through_the_cli(
@@ -120,7 +121,7 @@ def test_prompts_share_forward_passes_and_greedy_output_ignores_neighbours(
     results = list(client.iter_results(job_id))
     assert max(r.timing.batch_size for r in results if r.timing) > 1
 
-    engine = HFEngine.load(str(tiny_model), "cpu")
+    engine = HFEngine.load(Settings(model=str(tiny_model), device="cpu"))
     params = GenerationParams(do_sample=False, max_new_tokens=10)
     for result in results[:16]:
         item = WorkItem(index=0, custom_id="x", prompt=result.prompt, params=params)

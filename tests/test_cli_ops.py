@@ -21,7 +21,8 @@ from genq import keyspace
 from genq.connection import connect
 from genq.producer.client import Client, new_job_id
 from genq.schema import DeadLetter, ItemResult, JobInfo, JobItem, JobSpec, JobStatus, WorkerInfo
-from genq.store import JobQuery, JobStore, NewJob
+from genq.store import JobStore
+from genq.submissions import JobQuery, NewJob
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -414,3 +415,29 @@ def test_help_says_what_the_options_do(genq_cli: Cli) -> None:
     top = " ".join(genq_cli("--help").stdout.split())
     assert "3 no such job" in top
     assert "124" in top
+
+
+def test_tenant_options_with_bad_values_are_one_line_and_exit_2(genq_cli: Cli) -> None:
+    for args in (
+        ("tenants", "set", "acme", "--weight", "0"),
+        ("tenants", "set", "acme", "--max-queued-items", "0"),
+        ("submit", "-", "--tenant", "bad/name"),
+    ):
+        done = genq_cli(*args, input="hello\n")
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_tenants_set_changes_only_what_it_is_given(genq_cli: Cli) -> None:
+    name = f"merge-{time.time_ns()}"
+    assert genq_cli("tenants", "set", name, "--weight", "3").returncode == 0
+    assert genq_cli("tenants", "set", name, "--max-jobs-in-progress", "5").returncode == 0
+    rows = [json.loads(line) for line in genq_cli("tenants", "--json").stdout.splitlines()]
+    mine = next(r for r in rows if r["tenant"] == name)
+    assert (mine["weight"], mine["max_jobs_in_progress"], mine["max_queued_items"]) == (
+        3.0,
+        5,
+        None,
+    )
+    assert genq_cli("tenants", "remove", name).returncode == 0

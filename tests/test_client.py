@@ -105,13 +105,13 @@ def test_a_retried_submit_with_the_same_idempotency_key_returns_the_same_job(
 ) -> None:
     key = f"campaign-42-{time.time_ns()}"
     jobs_before = client.store.redis.zcard(keyspace.jobs_index())
-    queued_before = client.store.redis.llen(keyspace.celery_queue("nobody-reads-this"))
+    queued_before = client.store.queue_length("nobody-reads-this")
     idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
     first = idle.submit(["a", "b"], idempotency_key=key)
-    queued = client.store.redis.llen(keyspace.celery_queue("nobody-reads-this"))
+    queued = client.store.queue_length("nobody-reads-this")
     assert idle.submit(["a", "b"], idempotency_key=key) == first
     assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before + 1
-    assert client.store.redis.llen(keyspace.celery_queue("nobody-reads-this")) == queued
+    assert client.store.queue_length("nobody-reads-this") == queued
     assert queued > queued_before
     assert idle.submit(["a", "b"], idempotency_key=key + "-other") != first
 
@@ -133,11 +133,11 @@ def test_an_idempotency_key_reused_for_a_different_job_is_refused_and_enqueues_n
     key = f"conflict-{time.time_ns()}"
     first = idle.submit(["a", "b"], idempotency_key=key)
     jobs_before = client.store.redis.zcard(keyspace.jobs_index())
-    queued = client.store.redis.llen(keyspace.celery_queue("nobody-reads-this"))
+    queued = client.store.queue_length("nobody-reads-this")
     with pytest.raises(IdempotencyConflictError, match=f"already used for job {first}"):
         idle.submit(items, params, idempotency_key=key, **options)  # type: ignore[arg-type]
     assert client.store.redis.zcard(keyspace.jobs_index()) == jobs_before
-    assert client.store.redis.llen(keyspace.celery_queue("nobody-reads-this")) == queued
+    assert client.store.queue_length("nobody-reads-this") == queued
     assert idle.submit(["a", "b"], idempotency_key=key) == first  # the same content still works
 
 
@@ -145,3 +145,25 @@ def test_an_idempotency_key_reused_for_a_different_job_is_refused_and_enqueues_n
 def test_a_queue_named_like_one_of_genqs_own_keys_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=f"GENQ_QUEUE: '{name}' is the name of one of genq"):
         load_settings(queue=name)
+
+
+def test_a_retried_submit_at_a_quota_gets_its_job_back_and_a_new_job_is_refused(
+    client: Client,
+) -> None:
+    from genq.errors import QuotaExceededError
+    from genq.schema import TenantPolicy
+
+    tenant = f"quota-{time.time_ns()}"
+    idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
+    idle.set_tenant_policy(tenant, TenantPolicy(max_jobs_in_progress=1))
+    try:
+        key = f"retry-at-quota-{time.time_ns()}"
+        first = idle.submit(["a", "b"], idempotency_key=key, tenant=tenant)
+        assert idle.submit(["a", "b"], idempotency_key=key, tenant=tenant) == first
+        with pytest.raises(QuotaExceededError, match="max_jobs_in_progress=1"):
+            idle.submit(["c"], tenant=tenant)
+        assert idle.tenant_usage(tenant).jobs_in_progress == 1
+        idle.cancel(first)
+        assert idle.tenant_usage(tenant).jobs_in_progress == 0
+    finally:
+        idle.set_tenant_policy(tenant, None)

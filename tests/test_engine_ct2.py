@@ -43,7 +43,7 @@ def prepare(engine: HFEngine | CT2Engine, **params: object) -> list[Prepared]:
 
 
 def test_float32_greedy_equals_hf_greedy_token_for_token(ct2: CT2Engine, tiny_model: Path) -> None:
-    hf = HFEngine.load(str(tiny_model), "cpu")
+    hf = HFEngine.load(Settings(model=str(tiny_model), device="cpu"))
     expected = hf.generate(prepare(hf))
     got = ct2.generate(prepare(ct2))
     assert [g.outputs for g in got] == [g.outputs for g in expected]

@@ -8,13 +8,14 @@ import pytest
 from conftest import PROMPTS, one_at_a_time
 
 from genq.schema import GenerationParams, WorkItem
+from genq.settings import Settings
 from genq.worker.engines.base import Prepared
 from genq.worker.engines.hf import HFEngine
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> HFEngine:
-    return HFEngine.load(str(tiny_model), "cpu")
+    return HFEngine.load(Settings(model=str(tiny_model), device="cpu"))
 
 
 def prepare(engine: HFEngine, prompts: list[str], **params: object) -> list[Prepared]:

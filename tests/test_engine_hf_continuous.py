@@ -9,6 +9,7 @@ import torch
 from conftest import PROMPTS, one_at_a_time
 
 from genq.schema import GenerationParams, WorkItem
+from genq.settings import Settings
 from genq.worker.engines.base import Generation, Prepared
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.hf_continuous import ContinuousDecoder
@@ -16,7 +17,7 @@ from genq.worker.engines.hf_continuous import ContinuousDecoder
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> HFEngine:
-    return HFEngine.load(str(tiny_model), "cpu")
+    return HFEngine.load(Settings(model=str(tiny_model), device="cpu"))
 
 
 def item(engine: HFEngine, index: int, prompt: str, **params: object) -> Prepared:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import StartWorker, WorkerProcess
 
-from genq import keyspace
+from genq import keyspace, leases
 from genq.broker import GENERATE_TASK
 from genq.producer.client import Client, new_job_id
 from genq.schema import DeadLetter
@@ -87,7 +87,7 @@ def wait_for_dead(client: Client, since: float, count: int) -> list[DeadLetter]:
 def assert_queue_drained(client: Client) -> None:
     r = client.store.redis
     assert r.llen(keyspace.celery_queue(QUEUE)) == 0
-    held = r.hvals(keyspace.celery_prefix() + keyspace.CELERY_UNACKED)
+    held = r.hvals(leases.unacked_key())
     assert not [h for h in held if f'"routing_key": "{QUEUE}"' in h], "a message is still held"
 
 
@@ -295,8 +295,11 @@ def test_forged_chunks_for_a_running_job_never_touch_it(hostile: Client) -> None
     info = hostile.status(job_id)
     assert (info.status.value, info.done, info.error) == ("queued", 0, None)
     r = hostile.store.redis
-    while r.lmove(keyspace.celery_queue("hostile-parked"), keyspace.celery_queue(QUEUE)):
-        pass
+    parked_keys = keyspace.celery_queue_lists("hostile-parked")
+    live_keys = keyspace.celery_queue_lists(QUEUE)
+    for parked_list, live_list in zip(parked_keys, live_keys, strict=True):
+        while r.lmove(parked_list, live_list):
+            pass
     info = hostile.wait(job_id, timeout_s=60)
     assert (info.status.value, info.completed, info.failed) == ("completed", 8, 0)
     assert r.hlen(keyspace.results(job_id)) == 8

@@ -11,14 +11,16 @@ import redis
 
 from genq.connection import connect
 from genq.producer.client import Client
-from genq.schema import WorkChunk
+from genq.schema import Priority, WorkChunk
 from genq.settings import Settings
-from genq.store import JobStore, NewJob
+from genq.submissions import NewJob, SubmissionStore
 from genq.worker.engines.base import Generation, Prepared
 from genq.worker.engines.null import NullEngine
+from genq.worker.item import Delivery
 from genq.worker.loop import EngineLoop
 from genq.worker.runner import BatchRunner
-from genq.worker.scheduler import Delivery, Scheduler
+from genq.worker.scheduler import Scheduler
+from genq.worker.work_store import WorkStore
 
 
 class OneStepDecoder:
@@ -60,7 +62,7 @@ class ContinuousNull(NullEngine):
         return self.made
 
 
-class FlakyStore(JobStore):
+class FlakyStore(SubmissionStore, WorkStore):
     """Fails the first ``failures`` result writes, as a Redis blip would."""
 
     def __init__(self, failures: int, *args: Any) -> None:
@@ -88,7 +90,9 @@ def test_results_held_through_a_failed_write_are_written_without_new_work(
     spec = client.validate(["hello", "world"], {"max_new_tokens": 4})
     job_id = store.create_job(f"held-{time.time_ns()}", NewJob.of(spec)).id
     acked = threading.Event()
-    chunk = WorkChunk.model_validate_json(spec.messages(job_id, time.time(), max_items=10)[0])
+    chunk = WorkChunk.model_validate_json(
+        spec.messages(job_id, time.time(), max_items=10, priority=Priority.NORMAL)[0]
+    )
     ready = runner.admit(chunk)
     scheduler.add(Delivery("tag-1", job_id, len(ready), acked.set), ready)
     try:

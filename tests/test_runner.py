@@ -9,41 +9,50 @@ import pytest
 
 from genq.connection import connect
 from genq.producer.client import Client
-from genq.schema import JobStatus, WorkChunk
+from genq.schema import JobStatus, Priority, WorkChunk
 from genq.settings import Settings
-from genq.store import JobStore, NewJob
+from genq.submissions import NewJob
+from genq.worker.engines.base import Prepared
 from genq.worker.engines.faults import FaultPlan, FaultyEngine
 from genq.worker.engines.hf import HFEngine
 from genq.worker.engines.null import NullEngine
+from genq.worker.item import Delivery, Item
 from genq.worker.runner import BatchRunner
+from genq.worker.work_store import WorkStore
 
 
 @pytest.fixture(scope="module")
 def engine(tiny_model: Path) -> HFEngine:
-    return HFEngine.load(str(tiny_model), "cpu")
+    return HFEngine.load(Settings(model=str(tiny_model), device="cpu"))
 
 
 @pytest.fixture
-def store(settings: Settings) -> JobStore:
-    return JobStore(connect(settings.redis_url), settings.result_ttl_s)
+def store(settings: Settings) -> WorkStore:
+    return WorkStore(connect(settings.redis_url), settings.result_ttl_s)
 
 
 def chunk_for(client: Client, items: list[object], **params: object) -> tuple[str, WorkChunk]:
     spec = client.validate(items, params)  # type: ignore[arg-type]
     job_id = client.store.create_job("t" + str(time.time_ns()), NewJob.of(spec)).id
-    (message,) = spec.messages(job_id, time.time(), max_items=10**6)
+    (message,) = spec.messages(job_id, time.time(), max_items=10**6, priority=Priority.NORMAL)
     return job_id, WorkChunk.model_validate_json(message)
 
 
+def pool_items(prepared: list[Prepared]) -> list[Item]:
+    """Prepared items as the engine loop hands them to the runner: counted, first try."""
+    delivery = Delivery("tag", "job", len(prepared), lambda: None)
+    return [Item(p, delivery, seq, attempts=1) for seq, p in enumerate(prepared)]
+
+
 def test_prompt_too_long_for_the_context_fails_alone(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     long_prompt = "word " * 200
     job_id, chunk = chunk_for(
         client, ["short prompt", long_prompt], max_new_tokens=8, do_sample=False
     )
     BatchRunner(engine, store, settings, "w").process([chunk])
-    ok, bad = store.results(job_id)
+    ok, bad = client.store.results(job_id)
     assert ok.error is None
     assert ok.usage.completion_tokens == 8
     assert bad.error is not None
@@ -54,7 +63,7 @@ def test_prompt_too_long_for_the_context_fails_alone(
 
 
 def test_max_length_counts_the_prompt(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     prompt = "Write a tagline for a bakery"
     job_id, chunk = chunk_for(
@@ -64,36 +73,36 @@ def test_max_length_counts_the_prompt(
         do_sample=False,
     )
     BatchRunner(engine, store, settings, "w").process([chunk])
-    good, bad = store.results(job_id)
+    good, bad = client.store.results(job_id)
     assert good.usage.prompt_tokens + good.usage.completion_tokens == 20
     assert bad.error is not None
     assert bad.error.type == "invalid_params"
 
 
 def test_a_redelivered_chunk_produces_no_second_result(
-    client: Client, store: JobStore, settings: Settings
+    client: Client, store: WorkStore, settings: Settings
 ) -> None:
     job_id, chunk = chunk_for(client, ["a", "b", "c"])
     runner = BatchRunner(NullEngine(), store, settings, "w")
     runner.process([chunk])
-    first = store.results(job_id)
+    first = client.store.results(job_id)
     runner.process([chunk])
-    assert store.results(job_id) == first
+    assert client.store.results(job_id) == first
     info = store.get(job_id)
     assert (info.completed, info.failed, info.status) == (3, 0, JobStatus.COMPLETED)
 
 
 def test_items_of_a_cancelled_job_are_not_generated(
-    client: Client, store: JobStore, settings: Settings
+    client: Client, store: WorkStore, settings: Settings
 ) -> None:
     job_id, chunk = chunk_for(client, ["a", "b"])
-    store.cancel(job_id)
+    client.store.cancel(job_id)
     BatchRunner(NullEngine(), store, settings, "w").process([chunk])
-    assert store.results(job_id) == []
+    assert client.store.results(job_id) == []
 
 
 def test_a_failing_item_is_isolated_from_its_batch(
-    client: Client, store: JobStore, settings: Settings
+    client: Client, store: WorkStore, settings: Settings
 ) -> None:
     class Flaky(NullEngine):
         def generate(self, batch):  # type: ignore[no-untyped-def]
@@ -103,14 +112,14 @@ def test_a_failing_item_is_isolated_from_its_batch(
 
     job_id, chunk = chunk_for(client, ["a", "poison", "c", "d"])
     BatchRunner(Flaky(), store, settings, "w").process([chunk])
-    results = store.results(job_id)
+    results = client.store.results(job_id)
     assert [r.error is None for r in results] == [True, False, True, True]
     assert results[1].error is not None
     assert "poison" in results[1].error.message
 
 
 def test_items_with_different_sampling_params_run_in_separate_generate_calls(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     job_id, chunk = chunk_for(
         client,
@@ -121,22 +130,22 @@ def test_items_with_different_sampling_params_run_in_separate_generate_calls(
         max_new_tokens=4,
     )
     BatchRunner(engine, store, settings, "w").run(
-        [p for p in BatchRunner(engine, store, settings, "w").admit(chunk)]
+        pool_items(BatchRunner(engine, store, settings, "w").admit(chunk))
     )
-    sampled, greedy = store.results(job_id)
+    sampled, greedy = client.store.results(job_id)
     assert len(sampled.outputs) == 3
     assert len(greedy.outputs) == 1
 
 
 def test_truncate_keeps_the_end_of_a_prompt_too_long_for_the_context(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     long_prompt = "word " * 200
     job_id, chunk = chunk_for(
         client, [long_prompt], max_new_tokens=8, do_sample=False, truncate=True
     )
     BatchRunner(engine, store, settings, "w").process([chunk])
-    (result,) = store.results(job_id)
+    (result,) = client.store.results(job_id)
     assert result.error is None
     assert result.prompt == long_prompt
     assert result.usage.prompt_tokens == 128 - 8  # the context less the new tokens
@@ -148,13 +157,13 @@ def faulty(engine: HFEngine, **plan: object) -> FaultyEngine:
 
 
 def test_a_poison_item_is_retried_then_fails_alone_and_its_batch_succeeds(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     prompts = [f"prompt {i}" for i in range(7)] + ["POISON prompt"]
     job_id, chunk = chunk_for(client, prompts, max_new_tokens=4, do_sample=False)
     bad = faulty(engine, raise_on=["POISON"])
     BatchRunner(bad, store, settings.model_copy(update={"max_attempts": 3}), "w").process([chunk])
-    results = store.results(job_id)
+    results = client.store.results(job_id)
     assert [r.ok for r in results] == [True] * 7 + [False]
     assert results[-1].error is not None
     assert results[-1].error.type == "generation_error"
@@ -166,17 +175,17 @@ def test_a_poison_item_is_retried_then_fails_alone_and_its_batch_succeeds(
 
 
 def test_an_item_that_fails_fewer_times_than_max_attempts_gets_its_result(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     job_id, chunk = chunk_for(client, ["ok", "FLAKY once"], max_new_tokens=4, do_sample=False)
     bad = faulty(engine, raise_on=["FLAKY"], raise_times=2)
     BatchRunner(bad, store, settings.model_copy(update={"max_attempts": 3}), "w").process([chunk])
-    assert [r.ok for r in store.results(job_id)] == [True, True]
+    assert [r.ok for r in client.store.results(job_id)] == [True, True]
     assert bad.raised[(job_id, 1)] == 2
 
 
 def test_out_of_memory_halves_the_batch_and_the_token_budget(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     prompts = [f"prompt {i}" for i in range(8)]
     prompts[5] = "BIG prompt"
@@ -185,12 +194,12 @@ def test_out_of_memory_halves_the_batch_and_the_token_budget(
     runner = BatchRunner(faulty(engine, oom_on=["BIG"], oom_above_rows=1), store, settings, "w")
     before = runner.budget
     runner.process([chunk])
-    assert all(r.ok for r in store.results(job_id))
+    assert all(r.ok for r in client.store.results(job_id))
     assert runner.budget < before
 
 
 def test_an_item_out_of_memory_even_alone_fails_as_out_of_memory(
-    client: Client, store: JobStore, settings: Settings, engine: HFEngine
+    client: Client, store: WorkStore, settings: Settings, engine: HFEngine
 ) -> None:
     job_id, chunk = chunk_for(client, ["fine", "HUGE"], max_new_tokens=4, do_sample=False)
     runner = BatchRunner(
@@ -200,7 +209,7 @@ def test_an_item_out_of_memory_even_alone_fails_as_out_of_memory(
         "w",
     )
     runner.process([chunk])
-    fine, huge = store.results(job_id)
+    fine, huge = client.store.results(job_id)
     assert fine.ok
     assert huge.error is not None
     assert huge.error.type == "out_of_memory"
@@ -208,7 +217,7 @@ def test_an_item_out_of_memory_even_alone_fails_as_out_of_memory(
 
 
 def test_retry_backoff_doubles_with_each_attempt(
-    store: JobStore, settings: Settings, engine: HFEngine, client: Client
+    store: WorkStore, settings: Settings, engine: HFEngine, client: Client
 ) -> None:
     _, chunk = chunk_for(client, ["BAD"], max_new_tokens=2, do_sample=False)
     runner = BatchRunner(
@@ -217,10 +226,31 @@ def test_retry_backoff_doubles_with_each_attempt(
         settings.model_copy(update={"max_attempts": 5, "retry_backoff_s": 0.5}),
         "w",
     )
-    (item,) = runner.admit(chunk)
+    (item,) = pool_items(runner.admit(chunk))
     delays = []
     for attempt in (1, 2, 3):
-        runner.attempts[(item.job_id, item.item.index)] = attempt
+        item.attempts = attempt
+        before = time.monotonic()
         (again,) = runner.run([item])
-        delays.append(runner.retry_delay_s(again))
+        assert again is item
+        assert before <= item.not_before - item.next_retry_delay(0.5) <= time.monotonic()
+        delays.append(item.next_retry_delay(0.5))
     assert delays == [0.5, 1.0, 2.0]
+
+
+def test_a_failed_item_at_max_attempts_is_recorded_not_retried(
+    store: WorkStore, settings: Settings, engine: HFEngine, client: Client
+) -> None:
+    job_id, chunk = chunk_for(client, ["BAD"], max_new_tokens=2, do_sample=False)
+    runner = BatchRunner(
+        faulty(engine, raise_on=["BAD"]),
+        store,
+        settings.model_copy(update={"max_attempts": 2}),
+        "w",
+    )
+    (item,) = pool_items(runner.admit(chunk))
+    item.attempts = 2
+    assert runner.run([item]) == []
+    (result,) = client.store.results(job_id)
+    assert result.error is not None
+    assert "(after 2 attempts)" in result.error.message

@@ -1,13 +1,18 @@
-"""The worker's prompt pool: batches across messages and jobs, oldest first, bounded waits."""
+"""The worker's prompt pool: batches across messages and jobs, in the ordering policy's order
+(priority, jobs in turn, arrival), bounded waits."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from genq.schema import GenerationParams, WorkItem
+import pytest
+
+from genq.schema import GenerationParams, Priority, WorkItem
 from genq.worker.engines.base import Prepared
-from genq.worker.scheduler import Delivery, Scheduler
+from genq.worker.item import Delivery, Item, ItemStatus
+from genq.worker.ordering import FairOrder, FifoOrder, OrderingPolicy
+from genq.worker.scheduler import Scheduler
 
 
 def items(job: str, n: int, length: int = 4, **params: object) -> list[Prepared]:
@@ -28,8 +33,19 @@ class Acks:
     def __init__(self) -> None:
         self.acked: list[str] = []
 
-    def delivery(self, name: str, n: int) -> Delivery:
-        return Delivery(f"tag-{name}", name, n, lambda: self.acked.append(name))
+    def delivery(self, name: str, n: int, priority: Priority = Priority.NORMAL) -> Delivery:
+        return Delivery(f"tag-{name}", name, n, lambda: self.acked.append(name), priority=priority)
+
+
+def add_job(
+    scheduler: Scheduler, acks: Acks, job: str, n: int, priority: Priority = Priority.NORMAL
+) -> list[Item]:
+    return scheduler.add(acks.delivery(job, n, priority), items(job, n))
+
+
+def jobs_of(batch: list[Item] | None) -> list[str]:
+    assert batch is not None
+    return sorted(item.job_id for item in batch)
 
 
 def test_a_batch_spans_messages_and_jobs() -> None:
@@ -164,3 +180,114 @@ def test_a_redelivered_tag_replaces_its_earlier_delivery_which_is_never_acked() 
     assert again is not None
     scheduler.complete(again)
     assert acks.acked == ["second"]
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_a_high_priority_item_admitted_after_many_normal_ones_is_in_the_next_batch(
+    continuous: bool,
+) -> None:
+    acks = Acks()
+    scheduler = Scheduler(
+        max_batch_size=4, max_batch_tokens=10_000, max_wait_ms=1, order=FairOrder()
+    )
+    add_job(scheduler, acks, "normal", 20)
+    add_job(scheduler, acks, "urgent", 1, Priority.HIGH)
+    batch = scheduler.take(4, lambda _: True, wait=True) if continuous else scheduler.next_batch()
+    assert "urgent" in jobs_of(batch)
+
+
+def test_a_high_priority_item_waits_its_turn_under_fifo_order() -> None:
+    acks = Acks()
+    scheduler = Scheduler(4, 10_000, 1, FifoOrder())
+    add_job(scheduler, acks, "normal", 20)
+    add_job(scheduler, acks, "urgent", 1, Priority.HIGH)
+    assert jobs_of(scheduler.next_batch()) == ["normal"] * 4
+
+
+def serve_big_then_small(order: OrderingPolicy) -> list[list[str]]:
+    """A big job's first batch runs; a small job arrives behind its 8 buffered items."""
+    acks = Acks()
+    scheduler = Scheduler(max_batch_size=4, max_batch_tokens=10_000, max_wait_ms=1, order=order)
+    add_job(scheduler, acks, "big", 12)
+    batches = [scheduler.next_batch()]
+    add_job(scheduler, acks, "small", 3)
+    while scheduler.pending():
+        batches.append(scheduler.next_batch())
+    return [jobs_of(b) for b in batches]
+
+
+def test_a_small_jobs_items_interleave_with_a_big_jobs_buffered_items_under_fair_order() -> None:
+    assert serve_big_then_small(FairOrder()) == [
+        ["big"] * 4,
+        ["big", "big", "small", "small"],  # its turns alternate with the big job's
+        ["big", "big", "big", "small"],
+        ["big"] * 3,
+    ]
+
+
+def test_a_small_jobs_items_wait_for_a_big_jobs_buffered_items_under_fifo_order() -> None:
+    assert serve_big_then_small(FifoOrder()) == [
+        ["big"] * 4,
+        ["big"] * 4,
+        ["big"] * 4,
+        ["small"] * 3,
+    ]
+
+
+def test_a_low_item_waiting_longer_than_the_aging_period_is_taken_ahead_of_newer_normal_items() -> (
+    None
+):
+    acks = Acks()
+    scheduler = Scheduler(1, 10_000, 1, FairOrder(aging_s=0.1))
+    add_job(scheduler, acks, "low", 1, Priority.LOW)
+    time.sleep(0.25)  # two aging periods: low -> normal -> high
+    add_job(scheduler, acks, "normal", 3)
+    assert jobs_of(scheduler.next_batch()) == ["low"]
+
+
+def test_a_low_item_that_has_not_aged_waits_behind_newer_normal_items() -> None:
+    acks = Acks()
+    scheduler = Scheduler(1, 10_000, 1, FairOrder(aging_s=60))
+    add_job(scheduler, acks, "low", 1, Priority.LOW)
+    add_job(scheduler, acks, "normal", 3)
+    assert [jobs_of(scheduler.next_batch()) for _ in range(4)] == [["normal"]] * 3 + [["low"]]
+
+
+def test_a_released_deliverys_items_leave_the_pool() -> None:
+    acks = Acks()
+    scheduler = Scheduler(
+        max_batch_size=2, max_batch_tokens=10_000, max_wait_ms=1, order=FairOrder()
+    )
+    released = add_job(scheduler, acks, "gone", 3)
+    kept = add_job(scheduler, acks, "kept", 3)
+    assert scheduler.pending() == 6
+    assert scheduler.release(["tag-gone"]) == (["tag-gone"], 3)
+    assert scheduler.pending() == 3
+    assert [i.status for i in released] == [ItemStatus.RELEASED] * 3
+    assert [i.status for i in kept] == [ItemStatus.WAITING] * 3
+    served = (scheduler.next_batch() or []) + (scheduler.next_batch() or [])
+    assert {i.job_id for i in served} == {"kept"}
+    assert scheduler.pending() == 0
+
+
+def test_a_running_item_of_a_released_delivery_is_not_put_back() -> None:
+    acks = Acks()
+    scheduler = Scheduler(max_batch_size=2, max_batch_tokens=10_000, max_wait_ms=1)
+    add_job(scheduler, acks, "a", 2)
+    running = scheduler.next_batch()
+    assert running is not None
+    assert [i.status for i in running] == [ItemStatus.RUNNING] * 2
+    scheduler.release()
+    scheduler.retry_later(running)
+    assert scheduler.pending() == 0
+    assert [i.status for i in running] == [ItemStatus.RELEASED] * 2
+
+
+def test_a_deferred_retry_is_counted_as_pending_and_marked_deferred() -> None:
+    scheduler = Scheduler(max_batch_size=1, max_batch_tokens=10_000, max_wait_ms=1)
+    add_job(scheduler, Acks(), "a", 1)
+    (item,) = scheduler.next_batch() or []
+    item.not_before = time.monotonic() + 60
+    scheduler.retry_later([item])
+    assert (scheduler.pending(), item.status) == (1, ItemStatus.DEFERRED)
+    assert scheduler.take(1, lambda _: True, wait=False) == []  # it waits out its backoff

@@ -209,7 +209,7 @@ def test_a_password_only_url_logs_in_as_the_default_user_for_broker_and_store(
     job_id = client.submit(["hello"], {"max_new_tokens": 2})
     assert client.status(job_id).status.value == "queued"
     with acl_redis.admin() as admin:
-        assert admin.llen(keyspace.celery_queue(queue)) == 1
+        assert sum(admin.llen(key) for key in keyspace.celery_queue_lists(queue)) == 1
 
 
 @pytest.mark.parametrize(

@@ -18,17 +18,22 @@ from genq.producer.client import Client, new_job_id
 from genq.registry import BatchStats
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings
-from genq.store import JobStore, NewJob
+from genq.submissions import NewJob, SubmissionStore
+from genq.worker.work_store import WorkStore
 
 TTL_S = 1234
 
 
+class Store(SubmissionStore, WorkStore):
+    """Both sides' calls on one object: these tests submit, then admit, on one Redis."""
+
+
 @pytest.fixture
-def store(settings: Settings) -> JobStore:
-    return JobStore(connect(settings.redis_url), TTL_S)
+def store(settings: Settings) -> Store:
+    return Store(connect(settings.redis_url), TTL_S)
 
 
-def make_job(store: JobStore, n: int) -> str:
+def make_job(store: Store, n: int) -> str:
     job_id = new_job_id()
     store.create_job(job_id, NewJob.of(JobSpec(items=[JobItem(prompt=f"p{i}") for i in range(n)])))
     return job_id
@@ -44,13 +49,13 @@ def result(index: int, text: str = "out", error: bool = False) -> ItemResult:
     )
 
 
-def test_new_job_is_queued_with_zero_counters(store: JobStore) -> None:
+def test_new_job_is_queued_with_zero_counters(store: Store) -> None:
     info = store.get(make_job(store, 3))
     assert (info.status, info.total, info.completed, info.failed) == (JobStatus.QUEUED, 3, 0, 0)
     assert info.finished_at is None
 
 
-def test_first_result_wins_and_counters_move_once(store: JobStore) -> None:
+def test_first_result_wins_and_counters_move_once(store: Store) -> None:
     job_id = make_job(store, 3)
     assert store.record({job_id: [result(0, "first")]}) == {job_id: 1}
     assert store.record({job_id: [result(0, "second")]}) == {job_id: 0}
@@ -59,7 +64,7 @@ def test_first_result_wins_and_counters_move_once(store: JobStore) -> None:
     assert store.results(job_id)[0].outputs == ["first"]
 
 
-def test_job_completes_when_its_last_item_lands_even_with_failures(store: JobStore) -> None:
+def test_job_completes_when_its_last_item_lands_even_with_failures(store: Store) -> None:
     job_id = make_job(store, 2)
     store.record({job_id: [result(1, error=True)]})
     store.record({job_id: [result(0)]})
@@ -70,7 +75,7 @@ def test_job_completes_when_its_last_item_lands_even_with_failures(store: JobSto
         assert 0 < store.redis.ttl(key) <= TTL_S
 
 
-def test_a_late_result_of_an_ended_job_keeps_the_records_lifetime(store: JobStore) -> None:
+def test_a_late_result_of_an_ended_job_keeps_the_records_lifetime(store: Store) -> None:
     job_id = make_job(store, 2)
     store.record({job_id: [result(0)]})
     store.cancel(job_id)
@@ -80,7 +85,7 @@ def test_a_late_result_of_an_ended_job_keeps_the_records_lifetime(store: JobStor
     assert 49_000 < store.redis.ttl(keyspace.results(job_id)) <= 50_000
 
 
-def test_a_job_with_a_webhook_and_a_deadline_is_swept_on_time(store: JobStore) -> None:
+def test_a_job_with_a_webhook_and_a_deadline_is_swept_on_time(store: Store) -> None:
     job_id = new_job_id()
     spec = JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.05)
     store.create_job(job_id, NewJob.of(spec, {"notify": "1"}))
@@ -94,7 +99,7 @@ def test_a_job_with_a_webhook_and_a_deadline_is_swept_on_time(store: JobStore) -
     assert store.expire_due() == 0
 
 
-def test_unfinished_job_expires_only_after_the_long_unfinished_ttl(store: JobStore) -> None:
+def test_unfinished_job_expires_only_after_the_long_unfinished_ttl(store: Store) -> None:
     job_id = make_job(store, 2)
     store.record({job_id: [result(0)]})
     job_ttl = store.redis.ttl(keyspace.job(job_id))
@@ -102,14 +107,14 @@ def test_unfinished_job_expires_only_after_the_long_unfinished_ttl(store: JobSto
     assert 0 < store.redis.ttl(keyspace.results(job_id)) <= job_ttl
 
 
-def test_results_come_in_input_order_page_by_page(store: JobStore) -> None:
+def test_results_come_in_input_order_page_by_page(store: Store) -> None:
     job_id = make_job(store, 10)
     store.record({job_id: [result(i) for i in (7, 2, 9, 0, 5)]})
     assert [r.index for r in store.results(job_id, 0, 100)] == [0, 2, 5, 7, 9]
     assert [r.index for r in store.results(job_id, 3, 4)] == [5]
 
 
-def test_cancel_ends_the_job_and_keeps_finished_results(store: JobStore) -> None:
+def test_cancel_ends_the_job_and_keeps_finished_results(store: Store) -> None:
     job_id = make_job(store, 3)
     store.record({job_id: [result(0)]})
     info = store.cancel(job_id)
@@ -120,21 +125,21 @@ def test_cancel_ends_the_job_and_keeps_finished_results(store: JobStore) -> None
     assert 0 < store.redis.ttl(keyspace.results(job_id)) <= TTL_S
 
 
-def test_results_of_a_vanished_job_are_not_written(store: JobStore) -> None:
+def test_results_of_a_vanished_job_are_not_written(store: Store) -> None:
     job_id = make_job(store, 1)
     store.redis.delete(keyspace.job(job_id))
     assert store.record({job_id: [result(0)]}) == {job_id: -1}
     assert not store.redis.exists(keyspace.results(job_id))
 
 
-def test_unknown_job_says_it_may_have_expired(store: JobStore) -> None:
+def test_unknown_job_says_it_may_have_expired(store: Store) -> None:
     with pytest.raises(JobNotFoundError, match="expired"):
         store.get("0" * 32)
     with pytest.raises(JobNotFoundError):
         store.results("0" * 32)
 
 
-def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) -> None:
+def test_admit_starts_the_job_and_reports_items_already_done(store: Store) -> None:
     job_id = make_job(store, 3)
     store.record({job_id: [result(1)]})
     admission = store.admit(job_id, [0, 1, 2])
@@ -146,16 +151,14 @@ def test_admit_starts_the_job_and_reports_items_already_done(store: JobStore) ->
 
 
 @pytest.mark.parametrize("index", [3, -1, 10**12])
-def test_a_message_with_an_index_outside_its_job_changes_nothing(
-    store: JobStore, index: int
-) -> None:
+def test_a_message_with_an_index_outside_its_job_changes_nothing(store: Store, index: int) -> None:
     job_id = make_job(store, 3)
     admission = store.admit(job_id, [0, index])
     assert (admission.status, admission.bad_index) == (JobStatus.QUEUED, str(index))
     assert store.get(job_id).started_at is None
 
 
-def test_the_results_script_refuses_an_index_outside_the_job(store: JobStore) -> None:
+def test_the_results_script_refuses_an_index_outside_the_job(store: Store) -> None:
     job_id = make_job(store, 1)
     assert store.record({job_id: [result(0), result(31), result(-1)]}) == {job_id: 1}
     info = store.get(job_id)
@@ -163,18 +166,18 @@ def test_the_results_script_refuses_an_index_outside_the_job(store: JobStore) ->
     assert store.redis.hkeys(keyspace.results(job_id)) == ["0"]
 
 
-def test_record_reports_new_results_per_job_alongside_batch_counters(store: JobStore) -> None:
+def test_record_reports_new_results_per_job_alongside_batch_counters(store: Store) -> None:
     a, b = make_job(store, 2), make_job(store, 2)
     batch = BatchStats("w-record", sequences=3, items=3, tokens=9)
     assert store.record({a: [result(0), result(1)], b: [result(0)]}, batch) == {a: 2, b: 1}
 
 
-def test_a_heartbeat_never_recreates_a_removed_worker(store: JobStore) -> None:
+def test_a_heartbeat_never_recreates_a_removed_worker(store: Store) -> None:
     assert store.heartbeat("gone-worker", 1.0) is False
     assert not store.redis.exists(keyspace.worker("gone-worker"))
 
 
-def test_an_idempotency_key_whose_job_expired_binds_afresh(store: JobStore) -> None:
+def test_an_idempotency_key_whose_job_expired_binds_afresh(store: Store) -> None:
     job_id = make_job(store, 1)
     key = f"k-{job_id}"
     assert store.claim_idempotency_key(key, "fp", job_id) is None
@@ -185,7 +188,7 @@ def test_an_idempotency_key_whose_job_expired_binds_afresh(store: JobStore) -> N
 
 
 def test_an_idempotency_key_bound_to_a_job_that_failed_to_enqueue_binds_afresh(
-    store: JobStore,
+    store: Store,
 ) -> None:
     job_id = make_job(store, 1)
     key = f"k-failed-{job_id}"
@@ -213,7 +216,7 @@ def test_submitters_racing_for_one_key_make_one_job(settings: Settings) -> None:
         assert r.exists(keyspace.job(job_id))
 
 
-def test_an_idempotency_key_reused_for_other_content_is_refused(store: JobStore) -> None:
+def test_an_idempotency_key_reused_for_other_content_is_refused(store: Store) -> None:
     job_id = make_job(store, 1)
     key = f"k2-{job_id}"
     assert store.claim_idempotency_key(key, "aaaa", job_id) is None
@@ -236,11 +239,11 @@ def test_a_submit_waits_until_the_append_only_file_holds_the_job(tmp_path: Path)
         server.stop()
 
 
-def test_a_server_without_persistence_cannot_confirm_durability(store: JobStore) -> None:
+def test_a_server_without_persistence_cannot_confirm_durability(store: Store) -> None:
     assert store.confirm_durable(make_job(store, 1), 5) is False
 
 
-def test_a_job_past_its_deadline_turns_expired_when_read(store: JobStore) -> None:
+def test_a_job_past_its_deadline_turns_expired_when_read(store: Store) -> None:
     job_id = new_job_id()
     spec = JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.2)
     assert store.create_job(job_id, NewJob.of(spec)).expires_at is not None
@@ -253,7 +256,7 @@ def test_a_job_past_its_deadline_turns_expired_when_read(store: JobStore) -> Non
     assert 0 < store.redis.ttl(keyspace.job(job_id)) <= TTL_S
 
 
-def test_admitting_a_message_after_the_deadline_expires_the_job(store: JobStore) -> None:
+def test_admitting_a_message_after_the_deadline_expires_the_job(store: Store) -> None:
     job_id = new_job_id()
     store.create_job(job_id, NewJob.of(JobSpec(items=[JobItem(prompt="p")], expires_in_s=0.1)))
     time.sleep(0.2)
@@ -261,7 +264,7 @@ def test_admitting_a_message_after_the_deadline_expires_the_job(store: JobStore)
     assert (admission.status, admission.done) == (JobStatus.EXPIRED, set())
 
 
-def test_a_worker_record_lost_in_an_outage_comes_back_with_its_counters(store: JobStore) -> None:
+def test_a_worker_record_lost_in_an_outage_comes_back_with_its_counters(store: Store) -> None:
     now = datetime.now(timezone.utc)
     info = WorkerInfo(
         id=f"w-{new_job_id()}", hostname="h", pid=1, engine="null", model="none", device="cpu",

@@ -38,7 +38,7 @@ from genq.settings import (
     WEBHOOK_POLL_S,
     WEBHOOK_RETRY_FOR_S,
 )
-from genq.store import JobStore
+from genq.submissions import SubmissionStore
 
 SECRET = new_secret()
 OUTBOX, STATE, FAILED = (
@@ -489,11 +489,11 @@ def test_a_job_that_ends_is_put_in_the_outbox_by_the_script_that_ends_it(
     for ident in (notified, silent):
         fields: dict[Any, str | int] = {"id": ident, "status": "running", "total": 1}
         fields |= {"completed": 0, "failed": 0}
-        fields["created_at"] = repr(time.time())  # JobStore.cancel reads the record back
+        fields["created_at"] = repr(time.time())  # SubmissionStore.cancel reads the record back
         if ident == notified:
             fields["notify"] = "1"
         client.hset(keyspace.job(ident), mapping=fields)
-        JobStore(client, 3600).cancel(ident)
+        SubmissionStore(client, 3600).cancel(ident)
         assert client.hget(keyspace.job(ident), "status") == "cancelled"
     assert client.zscore(OUTBOX, notified) is not None
     assert client.zscore(OUTBOX, silent) is None

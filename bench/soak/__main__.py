@@ -36,7 +36,18 @@ def cleanup_on_exit(stop: Callable[[], None]) -> Iterator[None]:
 
 
 @click.command()
-@click.option("--items", type=int, default=10_000, show_default=True, help="Items in the job.")
+@click.option(
+    "--items", type=int, default=10_000, show_default=True, help="Items, over all the jobs."
+)
+@click.option(
+    "--jobs",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Split the items into this many jobs: one large, the others smaller, priorities "
+    "high/normal/low and tenants soak-a/soak-b (weight 2) in turn, the last one or two "
+    "submitted during the run.",
+)
 @click.option("--workers", type=int, default=2, show_default=True, help="Workers kept running.")
 @click.option(
     "--steady-workers",
@@ -94,15 +105,18 @@ def cleanup_on_exit(stop: Callable[[], None]) -> Iterator[None]:
     show_default=True,
 )
 def main(**kwargs: Any) -> None:
-    """Run one big job while workers are killed at random and Redis restarts once."""
+    """Run one big job (or --jobs of mixed priorities and tenants) while workers are killed
+    at random and Redis restarts once."""
     out = Path(kwargs.pop("out"))
     if kwargs["torch_threads"] is None:
         kwargs["torch_threads"] = max(
             1, (os.cpu_count() or 1) // max(kwargs["workers"] + kwargs["steady_workers"], 1)
         )
     opts = Options(out=out, **kwargs)
-    if opts.workers < 1 or opts.items < 1:
-        raise click.BadParameter("--items and --workers must be at least 1")
+    if opts.workers < 1 or opts.items < 1 or opts.jobs < 1:
+        raise click.BadParameter("--items, --jobs and --workers must be at least 1")
+    if opts.items < 2 * opts.jobs:
+        raise click.BadParameter("--items must be at least twice --jobs")
     (out / "logs").mkdir(parents=True, exist_ok=True)
     for old in (out / "logs").glob("worker-*.log"):
         old.unlink()

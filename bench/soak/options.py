@@ -9,6 +9,7 @@ from pathlib import Path
 @dataclass
 class Options:
     items: int
+    jobs: int  # the --items split into this many jobs (bench.soak.jobs)
     workers: int
     steady_workers: int
     model: str | None

@@ -1,73 +1,49 @@
-"""The verdict: every item's result read back and checked (none lost, none twice, none mixed
-up), the figures of the run, and what is written: the printed report, soak.json and rss.png."""
+"""The verdict: every job's results read back and checked (bench.soak.checks: none lost, none
+twice, none mixed up, in input order), nothing left pending, the figures of the run, and what
+is written: the printed report, soak.json and rss.png.
+
+The top-level figures are the job's with one job (as ever) and sums over the jobs with
+several, whose index lists then name ``job:index``; ``jobs`` has each job's own."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import redis
 
+from bench.soak.checks import JobCheck, check_job, retry
 from bench.soak.run import Soak
 from bench.soak.timeline import round2
-from genq import keyspace
-from genq.errors import BrokerUnavailableError, JobNotFoundError
-from genq.schema import ItemResult, JobStatus
-
-RETRY_S = 60.0  # how long end-of-run reads keep retrying an unreachable Redis
-
-T = TypeVar("T")
+from genq import leases
 
 
-def retry(call: Callable[[], T]) -> T:
-    deadline = time.monotonic() + RETRY_S
-    while True:
-        try:
-            return call()
-        except (BrokerUnavailableError, redis.exceptions.ConnectionError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+def indexes(checks: list[JobCheck], pick: str) -> list[int | str]:
+    """One kind of problem's indexes over the jobs: plain with one job, ``job:index`` with
+    several (at most 100)."""
+    if len(checks) == 1:
+        return list(getattr(checks[0], pick))[:100]
+    tagged: list[int | str] = [f"{c.job.number}:{i}" for c in checks for i in getattr(c, pick)]
+    return tagged[:100]
 
 
 def verify(soak: Soak) -> dict[str, Any]:
-    """Read every result back and check it; the figures of the run (``ok`` is the verdict)."""
-    assert soak.job_id is not None
-    job_id, prompts, client = soak.job_id, soak.prompts, soak.client
-    total = len(prompts)
+    """Read every job's results back and check them; the figures of the run (``ok`` is the
+    verdict)."""
+    client = soak.client
+    checks = [check_job(client, job) for job in soak.jobs]
     r = client.store.redis
-    try:
-        info = retry(lambda: client.status(job_id))
-        results: list[ItemResult] = retry(lambda: list(client.iter_results(job_id)))
-        fields = [str(k) for k in retry(lambda: r.hkeys(keyspace.results(job_id)))]
-    except JobNotFoundError:
-        info, results, fields = None, [], []
-    queued = retry(lambda: r.llen(keyspace.celery_queue(soak.settings.queue)))
-    unacked = retry(lambda: r.zcard(keyspace.celery_unacked_index()))
+    queued = retry(lambda: client.store.queue_length(soak.settings.queue))
+    unacked = retry(lambda: r.zcard(leases.unacked_index_key()))
+    pending = retry(lambda: client.queue().jobs)
 
-    seen = Counter(res.index for res in results)
-    field_counts = Counter(fields)
-    expected = {str(i) for i in range(total)}
-    stray_fields = sorted(set(field_counts) - expected)
-    lost_indexes = sorted(i for i in range(total) if i not in seen)
-    dup_indexes = sorted(i for i, c in seen.items() if c > 1)
-    counted = info.completed + info.failed if info else 0
-    duplicates = {
-        "indexes_seen_twice": len(dup_indexes),
-        "counters_over_results": max(0, counted - len(seen)),
-        "results_fields_over_total": max(0, len(fields) - total),
-    }
-    mismatched = [
-        res.index
-        for res in results
-        if res.index >= total or res.prompt != prompts[res.index] or res.custom_id != str(res.index)
-    ]
+    total = sum(c.total for c in checks)
+    results = [res for c in checks for res in c.results]
+    results_count = sum(len(c.seen) for c in checks)
+    duplicates = {k: sum(c.duplicates[k] for c in checks) for k in checks[0].duplicates}
     errors = Counter(res.error.type for res in results if res.error is not None)
     by_worker = Counter(res.worker_id or "?" for res in results)
     # Worker counters count generated items (rejected ones, e.g. too long, are not): the
@@ -84,32 +60,42 @@ def verify(soak: Soak) -> dict[str, Any]:
     reruns_by_worker = {wid: n for wid, n in excess.items() if n > 0}
     uncounted = -sum(n for n in excess.values() if n < 0)
     runs = soak.workers.runs
-    lost = len(lost_indexes)
+    lost = sum(len(c.lost_indexes) for c in checks)
     duplicated = sum(duplicates.values())
-    completed = info is not None and info.status is JobStatus.COMPLETED
-    ok = completed and not soak.timed_out and lost == 0 and duplicated == 0 and not mismatched
+    mismatched = sum(len(c.mismatched) for c in checks)
+    completed = all(c.completed for c in checks)
+    statuses = {c.info.status.value if c.info else "missing" for c in checks}
+    ok = (
+        completed
+        and not soak.timed_out
+        and lost == 0
+        and duplicated == 0
+        and not mismatched
+        and not any(c.problems() for c in checks)
+        and not pending
+    )
     elapsed, chaos, sampler = soak.elapsed_s, soak.chaos, soak.sampler
     return {
         "ok": ok,
-        "job_id": job_id,
-        "status": info.status.value if info else "missing",
+        "job_id": soak.job_id,
+        "status": statuses.pop() if len(statuses) == 1 else "mixed",
         "timed_out": soak.timed_out,
         "elapsed_s": round(elapsed, 1),
         "items_per_s": round(total / elapsed, 1) if elapsed > 0 else None,
         "longest_stall_s": sampler.longest_stall(soak.submit_t),
         "items": total,
-        "completed": info.completed if info else 0,
-        "failed": info.failed if info else 0,
-        "results": len(seen),
-        "results_hash_fields": len(fields),
+        "completed": sum(c.info.completed for c in checks if c.info),
+        "failed": sum(c.info.failed for c in checks if c.info),
+        "results": results_count,
+        "results_hash_fields": sum(len(c.fields) for c in checks),
         "lost": lost,
-        "lost_indexes": lost_indexes[:100],
+        "lost_indexes": indexes(checks, "lost_indexes"),
         "duplicates": duplicated,
         "duplicate_checks": duplicates,
-        "duplicate_indexes": dup_indexes[:100],
-        "stray_result_fields": stray_fields[:100],
-        "mismatched": len(mismatched),
-        "mismatched_indexes": mismatched[:100],
+        "duplicate_indexes": indexes(checks, "dup_indexes"),
+        "stray_result_fields": indexes(checks, "stray_fields"),
+        "mismatched": mismatched,
+        "mismatched_indexes": indexes(checks, "mismatched"),
         "failed_by_error_type": dict(errors),
         "results_by_worker": dict(by_worker),
         "generated_estimate": sum(generated.values()),
@@ -129,7 +115,12 @@ def verify(soak: Soak) -> dict[str, Any]:
         "job_missing_samples": sampler.job_missing_samples,
         "left_in_queue": queued,
         "left_unacked": unacked,
+        "left_pending_jobs": [
+            {"job_id": j.job_id, "priority": j.priority.value, "tenant": j.tenant, "items": j.items}
+            for j in pending
+        ],
         "workers": [run.summary() for run in runs],
+        "jobs": [c.figures() for c in checks],
     }
 
 
@@ -161,7 +152,18 @@ def chart(soak: Soak, path: Path) -> bool:
     samples, runs = soak.sampler.samples, soak.workers.runs
     done = [(s["t"], s["completed"] + s["failed"]) for s in samples if "completed" in s]
     if done:
-        top.plot(*zip(*done, strict=True), color="#4c72b0")
+        top.plot(*zip(*done, strict=True), color="#4c72b0", label="all jobs")
+    if len(soak.jobs) > 1:
+        for job in soak.jobs:
+            key = str(job.number)
+            mine = [
+                (s["t"], s["jobs"][key][1] + s["jobs"][key][2])
+                for s in samples
+                if key in s.get("jobs", {})
+            ]
+            if mine:
+                top.plot(*zip(*mine, strict=True), linewidth=1, label=f"job {key}")
+        top.legend(fontsize="small")
     top.set_ylabel("items done")
     for run in runs:
         if run.rss:
@@ -211,8 +213,9 @@ def report(figures: dict[str, Any]) -> None:
     echo(
         f"  redis restarts {f['redis_restarts']} (killed at {f['redis_killed_at_s']} s, "
         f"down {f['redis_down_s']} s); left in queue {f['left_in_queue']}, "
-        f"unacked {f['left_unacked']}"
+        f"unacked {f['left_unacked']}, pending jobs {len(f['left_pending_jobs'])}"
     )
+    report_jobs(f["jobs"])
     echo("  worker  pid      ready_s  stopped             RSS MiB ready/peak/final  results")
     for w in f["workers"]:
         stop = f"{w['stop_signal']}@{w['stop_t']}" if w["stop_signal"] else "-"
@@ -222,3 +225,22 @@ def report(figures: dict[str, Any]) -> None:
         echo(
             f"  {w['name']:<7} {w['pid']:<8} {w['ready_t']!s:<8} {stop:<19} {rss:<25} {results:>7}"
         )
+
+
+def report_jobs(jobs: list[dict[str, Any]]) -> None:
+    """One line per job: what it was, when it ended after its submit, and its verdict."""
+    echo = click.echo
+    echo(
+        "  job  priority  tenant   weight  items  submit_s  ended_after_s  took_s  status     "
+        "done/failed  verdict"
+    )
+    for j in jobs:
+        late = "*" if j["late"] else " "
+        verdict = "ok" if j["ok"] else "FAIL: " + ", ".join(j["problems"])
+        echo(
+            f"  {j['job']:<3}{late} {j['priority']:<9} {j['tenant']:<8} {j['weight']:<7g} "
+            f"{j['items']:<6} {j['submitted_at_s']!s:<9} {j['finished_after_s']!s:<14} "
+            f"{j['took_s']!s:<7} {j['status']:<10} {j['completed']}/{j['failed']:<9} {verdict}"
+        )
+    if any(j["late"] for j in jobs):
+        echo("  (* submitted during the run)")

@@ -1,5 +1,6 @@
-"""The per-second samples: the job's counters, the queue, each worker's item counter and RSS,
-and two checks on what workers report while Redis comes and goes.
+"""The per-second samples: every job's counters (summed over the jobs, and each job's when there
+are several), the queue, each worker's item counter and RSS, and two checks on what workers
+report while Redis comes and goes.
 
 The checks: a serving worker must stay listed by `genq workers` (its heartbeat re-registers it
 after a Redis restart), and a worker's item counter should never go down. It still can: the
@@ -16,12 +17,13 @@ from typing import Any
 
 import redis
 
+from bench.soak.jobs import Job
 from bench.soak.processes import Workers
 from bench.soak.timeline import Timeline
-from genq import keyspace
+from genq import keyspace, leases
 from genq.errors import BrokerUnavailableError, JobNotFoundError
 from genq.producer.client import Client
-from genq.schema import JobInfo
+from genq.schema import WorkerInfo
 from genq.settings import Settings
 
 UNLISTED_SAMPLES = 5  # a serving worker missing from `genq workers` this many samples in a row
@@ -51,24 +53,27 @@ class Sampler:
     """Takes the samples; keeps what the report needs from them."""
 
     def __init__(
-        self, timeline: Timeline, workers: Workers, client: Client, settings: Settings
+        self,
+        timeline: Timeline,
+        workers: Workers,
+        client: Client,
+        settings: Settings,
+        jobs: list[Job],
     ) -> None:
         self.timeline = timeline
         self.workers = workers
         self.client = client
         self.settings = settings
+        self.jobs = jobs  # each sample updates the submitted ones' info
         self.samples: list[dict[str, Any]] = []
-        self.last_info: JobInfo | None = None
         self.broker_down_since: float | None = None
         self.broker_outages: list[tuple[float, float]] = []
         self.counts: dict[str, WorkerCount] = {}  # by worker id
         self.job_missing_samples = 0
 
-    def job_running(self) -> bool:
-        return self.last_info is None or not self.last_info.is_terminal
-
     def done(self) -> int:
-        return self.last_info.done if self.last_info else 0
+        """Items done, over every job (as of the latest sample that read them)."""
+        return sum(job.done for job in self.jobs)
 
     def broker(self, ok: bool) -> None:
         t = self.timeline.now()
@@ -105,54 +110,94 @@ class Sampler:
                     record=sorted(record) if isinstance(record, dict) else record,
                 )
 
-    def sample(self, job_id: str) -> None:
+    def read_jobs(self, row: dict[str, Any]) -> bool:
+        """Read every submitted job's status into it; False when none of them is found (the
+        row says so). A job not found is counted and is a timeline event."""
+        found = 0
+        for job in self.jobs:
+            if job.job_id is None:
+                continue
+            try:
+                job.info = self.client.status(job.job_id)
+                found += 1
+            except JobNotFoundError:
+                self.job_missing_samples += 1
+                self.timeline.event("job_missing", job_id=job.job_id)
+                row.setdefault("jobs_missing", []).append(job.number)
+        if not found:
+            row.pop("jobs_missing", None)
+            row["redis"] = "job missing"
+        return found > 0
+
+    def job_figures(self, row: dict[str, Any]) -> None:
+        """The jobs' counters: the job's own with one job (as ever), their sums with several
+        (the status is the shared one, or ``running``) and each job's as [status, completed,
+        failed] under ``jobs``."""
+        infos = [job.info for job in self.jobs if job.info is not None]
+        statuses = {info.status.value for info in infos}
+        row.update(
+            status=statuses.pop() if len(statuses) == 1 else "running",
+            completed=sum(info.completed for info in infos),
+            failed=sum(info.failed for info in infos),
+        )
+        if len(self.jobs) > 1:
+            row["jobs"] = {
+                str(job.number): [job.info.status.value, job.info.completed, job.info.failed]
+                for job in self.jobs
+                if job.info is not None
+            }
+
+    def read_workers(self, t: float) -> tuple[list[WorkerInfo], dict[str, int], int, int]:
+        """Listed workers, every known worker's item counter, queued and unacked messages."""
+        workers = self.client.workers()
+        # Counters read from each known worker's hash as well: a worker that has just
+        # exited (or whose record is missing or partial) is not listed by workers(), but
+        # its counter may have moved since the last sample.
+        known = [
+            run.worker_id
+            for run in self.workers.runs
+            if run.worker_id is not None
+            and (run.exit_t is None or t - run.exit_t < COUNTER_GRACE_S)
+        ]
+        r = self.client.store.redis
+        with r.pipeline(transaction=False) as pipe:
+            for key in keyspace.celery_queue_lists(self.settings.queue):
+                pipe.llen(key)
+            pipe.zcard(leases.unacked_index_key())
+            for worker_id in known:
+                pipe.hget(keyspace.worker(worker_id), "items")
+            urgent, other, unacked, *raw_items = pipe.execute()
+        queued = urgent + other
+        items = {w.id: w.items for w in workers}
+        for worker_id, value in zip(known, raw_items, strict=True):
+            if value is not None:
+                items[worker_id] = max(items.get(worker_id, 0), int(value))
+        return workers, items, queued, unacked
+
+    def sample(self) -> None:
         t = self.timeline.now()
         row: dict[str, Any] = {"t": round(t, 2)}
         try:
-            info = self.client.status(job_id)
-            workers = self.client.workers()
-            # Counters read from each known worker's hash as well: a worker that has just
-            # exited (or whose record is missing or partial) is not listed by workers(), but
-            # its counter may have moved since the last sample.
-            known = [
-                run.worker_id
-                for run in self.workers.runs
-                if run.worker_id is not None
-                and (run.exit_t is None or t - run.exit_t < COUNTER_GRACE_S)
-            ]
-            r = self.client.store.redis
-            with r.pipeline(transaction=False) as pipe:
-                pipe.llen(keyspace.celery_queue(self.settings.queue))
-                pipe.zcard(keyspace.celery_unacked_index())
-                for worker_id in known:
-                    pipe.hget(keyspace.worker(worker_id), "items")
-                queued, unacked, *raw_items = pipe.execute()
+            found = self.read_jobs(row)
+            if found:
+                workers, items, queued, unacked = self.read_workers(t)
         except (BrokerUnavailableError, redis.exceptions.RedisError):
             self.broker(False)
+            row.pop("jobs_missing", None)
             row["redis"] = "unreachable"
-        except JobNotFoundError:
-            self.job_missing_samples += 1
-            self.timeline.event("job_missing", job_id=job_id)
-            row["redis"] = "job missing"
         else:
-            self.broker(True)
-            self.last_info = info
-            items = {w.id: w.items for w in workers}
-            for worker_id, value in zip(known, raw_items, strict=True):
-                if value is not None:
-                    items[worker_id] = max(items.get(worker_id, 0), int(value))
-            for worker_id, value in items.items():
-                self.counts.setdefault(worker_id, WorkerCount()).update(value)
-            self.check_listed({w.id for w in workers})
-            row.update(
-                status=info.status.value,
-                completed=info.completed,
-                failed=info.failed,
-                queued_messages=queued,
-                unacked_messages=unacked,
-                workers=items,
-                listed=len(workers),
-            )
+            if found:
+                self.broker(True)
+                for worker_id, value in items.items():
+                    self.counts.setdefault(worker_id, WorkerCount()).update(value)
+                self.check_listed({w.id for w in workers})
+                self.job_figures(row)
+                row.update(
+                    queued_messages=queued,
+                    unacked_messages=unacked,
+                    workers=items,
+                    listed=len(workers),
+                )
         row["rss_mb"] = self.workers.sample_memory(t)
         self.samples.append(row)
 

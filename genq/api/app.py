@@ -23,7 +23,7 @@ from genq.api.gate import RequestGate
 from genq.api.responses import ApiResponse
 from genq.api.tenants import load_tenants
 from genq.api.webhooks import WebhookSender
-from genq.settings import DEADLINE_SWEEP_S, Settings
+from genq.settings import DEADLINE_SWEEP_S, POLICY_REFRESH_S, Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,29 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def write_policies(ctx: ApiContext) -> None:
+    """Put every configured tenant's weight and quotas in Redis (or clear them, for a tenant
+    the file gives none): the file is the truth for its tenants."""
+    for name, policy in ctx.tenants.policies().items():
+        ctx.client.set_tenant_policy(name, policy)
+
+
 async def sweep_deadlines(ctx: ApiContext) -> None:
     """End jobs whose deadline passed, every DEADLINE_SWEEP_S, in every API process (the
     script that ends a job is idempotent): a batch nobody polls still expires on time, and
-    its webhook says so."""
+    its webhook says so. Writes the tenants' policies first, and every POLICY_REFRESH_S."""
     quiet_until = 0.0
+    policies_due = 0.0
     while True:
+        try:
+            if time.monotonic() >= policies_due:
+                # Again and again: a Redis that came back empty gets them back.
+                await run_in_threadpool(write_policies, ctx)
+                policies_due = time.monotonic() + POLICY_REFRESH_S
+        except Exception as e:  # Redis away: the next sweep tries again
+            if time.monotonic() > quiet_until:
+                log.warning("could not write the tenants' policies to Redis yet: %s", e)
+                quiet_until = time.monotonic() + 60
         await asyncio.sleep(DEADLINE_SWEEP_S)
         try:
             while await run_in_threadpool(ctx.client.store.expire_due) > 0:

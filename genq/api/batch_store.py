@@ -23,9 +23,17 @@ from genq.api.lines import (
     translate,
 )
 from genq.api.tenants import Tenant
+from genq.errors import QuotaExceededError
 from genq.producer.client import Client, new_job_id
 from genq.producer.inputs import parse_line
-from genq.schema import ChunkItem, ErrorInfo, ItemErrorType, ItemResult, chunk_messages
+from genq.schema import (
+    ChunkItem,
+    ErrorInfo,
+    ItemErrorType,
+    ItemResult,
+    Priority,
+    chunk_messages,
+)
 from genq.settings import (
     MAX_BATCH_METADATA_ITEMS,
     MAX_BATCH_METADATA_KEY_CHARS,
@@ -34,7 +42,7 @@ from genq.settings import (
     MAX_FILE_ERRORS_KEPT,
     MAX_FILE_TTL_S,
 )
-from genq.store import NewJob
+from genq.submissions import NewJob
 from genq.text import MetadataKey, MetadataValue, shown
 
 _WINDOW = re.compile(r"^([1-9][0-9]{0,6})(s|m|h|d)$")
@@ -170,6 +178,7 @@ class Batches:
             metadata=request.metadata or {},
             expires_in_s=seconds,
             record_fields=record,
+            priority=Priority(self.settings.default_priority),
         )
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keyspace.batch(job_id), mapping=fields)  # type: ignore[arg-type]
@@ -181,15 +190,22 @@ class Batches:
             )
             pipe.zremrangebyscore(keyspace.tenant_batches(tenant.name), "-inf", now - retention)
             pipe.execute()
-        if errors:
-            self.client.store.create_job(job_id, job)
-            count = max(int(source.get("error_count") or 0), len(errors))
-            self.client.store.fail(job_id, f"the input file has {count} invalid line(s)")
-            self.redis.expire(keyspace.batch(job_id), self.settings.result_ttl_s)
-        else:
-            self.client.enqueue(
-                job_id, job, self._messages(job_id, request.input_file_id, request.endpoint, now)
-            )
+        try:
+            if errors:
+                self.client.store.create_job(job_id, job)
+                count = max(int(source.get("error_count") or 0), len(errors))
+                self.client.store.fail(job_id, f"the input file has {count} invalid line(s)")
+                self.redis.expire(keyspace.batch(job_id), self.settings.result_ttl_s)
+            else:
+                messages = self._messages(job_id, request.input_file_id, request.endpoint, now)
+                self.client.enqueue(job_id, job, messages)
+        except QuotaExceededError:
+            # Refused before the job's record was written: no batch either.
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(keyspace.batch(job_id))
+                pipe.zrem(keyspace.tenant_batches(tenant.name), PREFIX + job_id)
+                pipe.execute()
+            raise
         return self.view(tenant.name, PREFIX + job_id)
 
     def _file_errors(
@@ -241,6 +257,7 @@ class Batches:
     def _messages(self, job_id: str, file_id: str, endpoint: str, now: float) -> Iterator[str]:
         """The batch's queue messages, made while the file is read; lines genq cannot honour
         get their error result at once, and every line's custom_id is kept in order."""
+        priority = Priority(self.settings.default_priority)
         items: list[ChunkItem] = []
         refused: list[ItemResult] = []
         ids: list[str] = []
@@ -248,7 +265,7 @@ class Batches:
 
         def flush(final: bool) -> Iterator[str]:
             if items and (final or len(items) >= self.settings.chunk_size):
-                yield from chunk_messages(job_id, now, items, self.settings.chunk_size)
+                yield from chunk_messages(job_id, now, priority, items, self.settings.chunk_size)
                 items.clear()
             if refused and (final or len(refused) >= PAGE):
                 self.client.store.record({job_id: list(refused)})
@@ -420,5 +437,5 @@ class Batches:
                 code="batch_not_cancellable",
                 retry=False,
             )
-        self.client.store.cancel(job_of(batch_id))
+        self.client.cancel(job_of(batch_id))  # its pending messages are dropped too
         return self.view(tenant, batch_id)

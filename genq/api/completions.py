@@ -27,7 +27,8 @@ from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
 from genq.errors import InputFileError
 from genq.producer.inputs import parse_line
-from genq.schema import JobItem
+from genq.producer.validation import with_job_options
+from genq.schema import JobItem, Priority
 from genq.settings import MAX_JSON_BODY_BYTES
 
 router = APIRouter(prefix="/v1", tags=["completions"])
@@ -70,6 +71,8 @@ async def _single(request: Request, who: Tenant, ctx: ApiContext, endpoint: str)
         where, message = first_problem(e)
         raise ApiError(400, f"{where}: {message}", param=where) from None
     spec = ctx.client.validate([item], defaults_for(endpoint), metadata={SOURCE: endpoint})
+    # Someone waits on the connection for this one: it goes ahead of batch work.
+    spec = with_job_options(spec, priority=Priority.HIGH.value)
     record = {"tenant": who.name}
     job_id = await run_in_threadpool(ctx.client.submit_spec, spec, record)
     deadline = time.monotonic() + ctx.settings.completion_timeout_s

@@ -21,6 +21,7 @@ from genq.errors import (
     InvalidIdError,
     InvalidJobError,
     JobNotFoundError,
+    QuotaExceededError,
     RedisAccessError,
     WebhookTargetError,
 )
@@ -116,6 +117,12 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(JobNotFoundError)
     async def _missing(_: Request, e: JobNotFoundError) -> ApiResponse:
         return ApiError(404, str(e), code="not_found").response()
+
+    @app.exception_handler(QuotaExceededError)
+    async def _quota(_: Request, e: QuotaExceededError) -> ApiResponse:
+        response = ApiError(429, str(e), code="quota_exceeded").response()
+        response.headers["retry-after"] = str(e.retry_after_s)
+        return response
 
     @app.exception_handler(IdempotencyConflictError)
     async def _conflict(_: Request, e: IdempotencyConflictError) -> ApiResponse:

@@ -23,7 +23,7 @@ from genq.errors import InputFileError, InvalidIdError, JobNotFoundError
 from genq.producer.client import ResultFilter
 from genq.producer.inputs import parse_line, read_items
 from genq.producer.validation import with_job_options
-from genq.schema import JobInfo, JobSpec
+from genq.schema import JobInfo, JobSpec, Priority
 from genq.settings import LIST_PAGE_DEFAULT, LIST_PAGE_MAX
 from genq.text import IdempotencyKey
 
@@ -44,6 +44,7 @@ class JobCreate(BaseModel):
     idempotency_key: IdempotencyKey | None = None
     expires_in_s: float | None = None
     callback_url: str | None = None  # told when the job ends (a Standard Webhooks POST)
+    priority: Priority | None = None  # default: GENQ_DEFAULT_PRIORITY
 
 
 def job_object(info: JobInfo) -> dict[str, Any]:
@@ -57,7 +58,8 @@ async def create_job(
     """A JSON body is a :class:`JobCreate`. A JSON Lines body (Content-Type
     ``application/jsonl``) holds one item per line, and the job's options go in the query
     string: ``params`` and ``metadata`` as JSON, ``idempotency_key``, ``expires_in_s``,
-    ``callback_url``."""
+    ``callback_url``, ``priority``. A tenant at one of its quotas gets a 429 with
+    ``Retry-After`` (nothing is enqueued)."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind in JSONL_TYPES:
         q = request.query_params
@@ -85,6 +87,7 @@ async def create_job(
             "idempotency_key": q.get("idempotency_key"),
             "expires_in_s": _json_query(q.get("expires_in_s"), "expires_in_s"),
             "callback_url": q.get("callback_url"),
+            "priority": q.get("priority"),
         }
         body = _job_body({"items": items, **options})
     else:
@@ -119,7 +122,12 @@ def _create(
     if body.idempotency_key is not None:
         hashed = hashlib.sha256(body.idempotency_key.encode("utf-8", "surrogatepass"))
         key = f"{who.name}/{hashed.hexdigest()}"
-    spec = with_job_options(spec, idempotency_key=key, expires_in_s=body.expires_in_s)
+    spec = with_job_options(
+        spec,
+        idempotency_key=key,
+        expires_in_s=body.expires_in_s,
+        priority=body.priority.value if body.priority else None,
+    )
     digest = fingerprint("POST", "/v1/jobs", spec.fingerprint(), body.callback_url)
     return idempotent(request, who, digest, lambda: (201, _submit(ctx, who, spec, record)))
 

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from genq.api.errors import ApiError
+from genq.api.errors import ApiError, first_problem
 from genq.errors import ApiConfigError, WebhookTargetError
+from genq.schema import TenantPolicy
 from genq.settings import Settings
 
 if sys.version_info >= (3, 11):
@@ -38,7 +40,14 @@ else:  # pragma: no cover
 TENANT_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 MIN_KEY_CHARS = 16  # shorter keys are guessable
 MIN_SECRET_BYTES = 24  # of a webhook secret (Standard Webhooks: 24 to 64)
-_TENANT_FIELDS = {"keys", "webhook_url", "webhook_secret", "max_file_bytes", "max_file_lines"}
+_TENANT_FIELDS = {
+    "keys",
+    "webhook_url",
+    "webhook_secret",
+    "max_file_bytes",
+    "max_file_lines",
+    *TenantPolicy.model_fields,  # weight, max_queued_items, max_jobs_in_progress
+}
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,9 @@ class Tenant:
     webhook_secret: str | None = None
     max_file_bytes: int | None = None  # None: the service's limit (GENQ_MAX_INPUT_FILE_BYTES)
     max_file_lines: int | None = None  # None: GENQ_MAX_ITEMS_PER_JOB
+    # Its share of the workers and its quotas; None: weight 1, no quotas. Written to Redis
+    # when `genq api` starts, where every producer and every worker's refill reads it.
+    policy: TenantPolicy | None = None
 
 
 def _digest(key: str) -> bytes:
@@ -67,6 +79,10 @@ class Tenants:
             )
         self._keys = [(_digest(key), tenant) for key, tenant in keyed]
         self.by_name = {tenant.name: tenant for _, tenant in keyed}
+
+    def policies(self) -> dict[str, TenantPolicy | None]:
+        """Each tenant's policy by name (None: the defaults)."""
+        return {name: tenant.policy for name, tenant in self.by_name.items()}
 
     def authenticate(self, key: str) -> Tenant | None:
         """The tenant ``key`` belongs to, or None. Every configured key is compared, in
@@ -208,5 +224,15 @@ def _tenant(path: Path, name: str, table: Any) -> list[tuple[str, Tenant]]:
         ):
             raise ApiConfigError(f"{where}: {field} must be a positive integer")
         limits[field] = value
-    tenant = Tenant(name=name, webhook_url=url, webhook_secret=secret, **limits)
+    policy = None
+    fields = {k: table[k] for k in TenantPolicy.model_fields if k in table}
+    if fields:
+        if isinstance(fields.get("weight"), int) and not isinstance(fields["weight"], bool):
+            fields["weight"] = float(fields["weight"])  # weight = 3 is a weight
+        try:
+            policy = TenantPolicy.model_validate(fields)
+        except ValidationError as e:
+            where_in, message = first_problem(e)
+            raise ApiConfigError(f"{where}: {where_in}: {message}") from None
+    tenant = Tenant(name=name, webhook_url=url, webhook_secret=secret, policy=policy, **limits)
     return [(key, tenant) for key in keys]

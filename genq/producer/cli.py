@@ -2,7 +2,8 @@
 
 Exit statuses, the same for every command: 0 ok; 1 a command failed, or the job ended without
 completing; 2 invalid input or usage (nothing was enqueued); 3 no such job (unknown, vanished,
-or a malformed id); 124 ``--timeout`` ran out while waiting (the job keeps running). Errors are
+or a malformed id); 75 refused for now by a tenant quota (nothing was enqueued; try again
+later); 124 ``--timeout`` ran out while waiting (the job keeps running). Errors are
 ``error: ...`` on stderr, never a traceback; warnings are ``warning: ...`` on stderr: stdout
 carries only what scripts read (a job id, JSON, results, tab-separated rows).
 """
@@ -10,6 +11,7 @@ carries only what scripts read (a job id, JSON, results, tab-separated rows).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any
 import click
 import redis
 
-from genq import __version__
+from genq import __version__, keyspace
 from genq.errors import (
     ConfigError,
     GenqError,
@@ -27,15 +29,18 @@ from genq.errors import (
     InvalidJobError,
     JobNotFoundError,
     MissingExtraError,
+    QuotaExceededError,
     WaitTimeoutError,
 )
 from genq.producer.cli_inspect import dead, jobs, workers
 from genq.producer.cli_options import (
+    EXIT_BUSY,
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_NO_SUCH_JOB,
     EXIT_TIMEOUT,
     GENERATION_OPTIONS,
+    SCHEDULING_OPTIONS,
     SUBMIT_OPTIONS,
     WORKER_OPTIONS,
     Duration,
@@ -50,6 +55,7 @@ from genq.producer.cli_output import (
     progress_wait,
     write_results,
 )
+from genq.producer.cli_queue import queue, tenants
 from genq.producer.cli_serve import api
 from genq.producer.client import RETRY_OF, Client, ResultFilter
 from genq.producer.inputs import read_items
@@ -77,6 +83,9 @@ class GenqGroup(click.Group):
         except WaitTimeoutError as e:
             print_error(e)
             ctx.exit(EXIT_TIMEOUT)
+        except QuotaExceededError as e:
+            print_error(e)
+            ctx.exit(EXIT_BUSY)
         except GenqError as e:
             print_error(e)
             ctx.exit(EXIT_FAILED)
@@ -103,7 +112,8 @@ def cli(ctx: click.Context, redis_url: str | None) -> None:
     """Submit bulk prompt jobs; GPU workers batch them through GPT-2.
 
     Exit status: 0 ok; 1 failed, or the job ended without completing; 2 invalid input
-    (nothing enqueued); 3 no such job; 124 --timeout ran out.
+    (nothing enqueued); 3 no such job; 75 over a tenant quota (nothing enqueued, try again
+    later); 124 --timeout ran out.
     """
     ctx.obj = load_settings(**({"redis_url": redis_url} if redis_url else {}))
 
@@ -118,6 +128,18 @@ def _spec(settings: Settings, file: str, options: dict[str, Any]) -> JobSpec:
         params["do_sample"] = False
     items, labels = read_items(file, settings.max_input_file_bytes, fmt)
     return validate_job(items, params, settings, metadata=metadata, labels=labels)
+
+
+def _tenant_record(tenant: str | None) -> dict[str, str] | None:
+    """The job record's tenant field for ``--tenant`` (checked: it names keys)."""
+    if not tenant:
+        return None
+    try:
+        return {"tenant": keyspace.checked_id(tenant, "tenant name")}
+    except InvalidIdError:
+        raise click.BadParameter(
+            "a tenant name is 1-128 letters, digits and _ . @ -", param_hint="--tenant"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -164,6 +186,7 @@ def _submit_warnings(client: Client) -> None:
 @cli.command()
 @click.argument("file")
 @apply(GENERATION_OPTIONS)
+@apply(SCHEDULING_OPTIONS)
 @apply(SUBMIT_OPTIONS)
 @click.option(
     "--expires-in",
@@ -181,6 +204,8 @@ def submit(
     as_json: bool,
     idempotency_key: str | None,
     expires_in: float | None,
+    priority: str | None,
+    tenant: str | None,
     **options: Any,
 ) -> None:
     """Validate FILE (.jsonl, .txt or - for stdin) and enqueue it; print the job id.
@@ -190,8 +215,10 @@ def submit(
     """
     client = client_from(ctx)
     spec = _spec(client.settings, file, options)
-    spec = with_job_options(spec, idempotency_key=idempotency_key, expires_in_s=expires_in)
-    job_id = client.submit_spec(spec)
+    spec = with_job_options(
+        spec, idempotency_key=idempotency_key, expires_in_s=expires_in, priority=priority
+    )
+    job_id = client.submit_spec(spec, _tenant_record(tenant))
     _submitted(client, job_id, Follow(as_json, wait_, timeout, output))
 
 
@@ -238,10 +265,17 @@ def retry(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
 def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
-    """Show a job's status and counters."""
-    info = client_from(ctx).status(job_id)
+    """Show a job's status and counters, its priority, and its place: its items not yet
+    handed to workers, and the items of more urgent jobs that go before them."""
+    client = client_from(ctx)
+    info = client.status(job_id)
+    place = None if info.is_terminal else client.queue()
+    pending = place.pending_items(job_id) if place else 0
+    ahead = place.ahead_of(job_id) if place else None
     if as_json:
-        click.echo(info.model_dump_json())
+        record = json.loads(info.model_dump_json())
+        record["place"] = {"pending_items": pending, "items_ahead": ahead}
+        click.echo(json.dumps(record, separators=(",", ":")))
         return
     click.echo(
         f"{info.id}  {info.status.value}  {info.done}/{info.total} done "
@@ -254,6 +288,14 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
             else ""
         )
         + (f"\nerror: {info.error}" if info.error else "")
+        + f"\npriority {info.priority.value}"
+        + (f", tenant {info.tenant}" if info.tenant else "")
+        + (
+            f"; {pending} item(s) wait to be handed to workers, behind {ahead} item(s) of more "
+            "urgent jobs"
+            if ahead is not None
+            else ""
+        )
     )
 
 
@@ -339,6 +381,7 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
 @click.argument("file")
 @click.option("-o", "--output", required=True, help="Write results (JSON Lines) here.")
 @apply(GENERATION_OPTIONS)
+@apply(SCHEDULING_OPTIONS)
 @apply(WORKER_OPTIONS)
 @click.option(
     "--timeout",
@@ -355,14 +398,15 @@ def run(
 
     settings: Settings = ctx.find_object(Settings)  # type: ignore[assignment]
     worker_opts = {k: options.pop(k) for k in list(options) if k in _WORKER_KEYS}
-    spec = _spec(settings, file, options)
+    tenant, priority = options.pop("tenant"), options.pop("priority")
+    spec = with_job_options(_spec(settings, file, options), priority=priority)
     worker_args = [f"--{k.replace('_', '-')}={v}" for k, v in worker_opts.items() if v is not None]
     with scratch_dir() as tmp, embedded_redis(Path(tmp) / "data") as url:
         print_note(f"embedded server at {url}; starting a worker")
         proc = WorkerProcess(url, worker_args, Path(tmp))
         try:
             client = Client(settings=settings.model_copy(update={"redis_url": url}))
-            job_id = client.submit_spec(spec)
+            job_id = client.submit_spec(spec, _tenant_record(tenant))
 
             def check_worker() -> None:
                 if not proc.alive():
@@ -412,7 +456,7 @@ def random_model(directory: str, tokenizer: str | None, preset: str) -> None:
     click.echo(str(path))
 
 
-for command in (jobs, workers, dead, api):
+for command in (jobs, workers, dead, api, queue, tenants):
     cli.add_command(command)
 
 

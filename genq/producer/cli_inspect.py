@@ -8,7 +8,7 @@ import click
 from genq.producer.cli_options import KeyValue, client_from, limit_option
 from genq.producer.cli_output import emit_rows, print_note
 from genq.schema import JobStatus
-from genq.store import JobQuery
+from genq.submissions import JobQuery
 
 
 @click.command()
@@ -40,7 +40,7 @@ def jobs(
     """List recent jobs, newest first (with filters: among the newest 100,000).
 
     On a terminal, a table; otherwise one tab-separated line per job: id, status, done,
-    total, failed, created (UTC), metadata.
+    total, failed, priority, created (UTC), metadata.
     """
     query = JobQuery(frozenset(JobStatus(s) for s in statuses), dict(metadata))
     infos = client_from(ctx).jobs(limit, query)
@@ -49,7 +49,7 @@ def jobs(
             click.echo(info.model_dump_json())
         return
     emit_rows(
-        ("id", "status", "done", "total", "failed", "created (UTC)", "metadata"),
+        ("id", "status", "done", "total", "failed", "priority", "created (UTC)", "metadata"),
         [
             (
                 info.id,
@@ -57,6 +57,7 @@ def jobs(
                 str(info.done),
                 str(info.total),
                 str(info.failed),
+                info.priority.value,
                 f"{info.created_at:%Y-%m-%d %H:%M:%S}",
                 ",".join(f"{k}={v}" for k, v in info.metadata.items()),
             )

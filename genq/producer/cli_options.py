@@ -18,6 +18,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # a command failed, or the job ended without completing
 EXIT_INVALID = 2  # invalid input or usage: nothing was enqueued
 EXIT_NO_SUCH_JOB = 3  # the job id names no job (or is not a job id at all)
+EXIT_BUSY = 75  # refused for now (a tenant quota): nothing was enqueued, try again later
 EXIT_TIMEOUT = 124  # `--timeout` ran out while waiting; the job keeps running
 
 _DURATION_UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -133,6 +134,18 @@ WORKER_OPTIONS: list[Callable[[F], F]] = [
         "--batching",
         type=click.Choice(["continuous", "static"]),
         help="Continuous (rows join and leave a running batch) or static [GENQ_BATCHING].",
+    ),
+]
+
+SCHEDULING_OPTIONS: list[Callable[[F], F]] = [
+    click.option(
+        "--priority",
+        type=click.Choice(["high", "normal", "low"]),
+        help="Served before lower priorities on every worker [GENQ_DEFAULT_PRIORITY: normal].",
+    ),
+    click.option(
+        "--tenant",
+        help="Whose share of the workers and quotas the job counts against [default].",
     ),
 ]
 

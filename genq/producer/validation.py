@@ -23,10 +23,18 @@ ParamsInput = GenerationParams | Mapping[str, Any] | None
 
 
 def with_job_options(
-    spec: JobSpec, *, idempotency_key: str | None = None, expires_in_s: float | None = None
+    spec: JobSpec,
+    *,
+    idempotency_key: str | None = None,
+    expires_in_s: float | None = None,
+    priority: str | None = None,
 ) -> JobSpec:
     """``spec`` with the job-level options that are given (the others left as they are)."""
-    options = {"idempotency_key": idempotency_key, "expires_in_s": expires_in_s}
+    options = {
+        "idempotency_key": idempotency_key,
+        "expires_in_s": expires_in_s,
+        "priority": priority,
+    }
     given = {k: v for k, v in options.items() if v is not None}
     if not given:
         return spec

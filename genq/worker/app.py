@@ -32,15 +32,18 @@ from genq.errors import (
     WorkerConfigError,
     WorkerCrashedError,
 )
+from genq.feeder import Feeder
 from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.settings import Settings, redact_url
-from genq.store import JobStore
 from genq.worker.engines import Engine, load_engine
 from genq.worker.flow import FlowControl, Heartbeat
 from genq.worker.guard import DeadLetters, guarded_consumer, guarded_transport, message_text
+from genq.worker.item import Delivery
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
+from genq.worker.ordering import policy_for
 from genq.worker.runner import BatchRunner
-from genq.worker.scheduler import Delivery, Scheduler
+from genq.worker.scheduler import Scheduler
+from genq.worker.work_store import WorkStore
 
 log = logging.getLogger("genq.worker")
 
@@ -85,10 +88,11 @@ def read_chunk(payload: Any) -> WorkChunk:
 
 
 def create_app(
-    settings: Settings, loop: EngineLoop, flow: FlowControl, dead: DeadLetters
+    settings: Settings, loop: EngineLoop, flow: FlowControl, dead: DeadLetters, feeder: Feeder
 ) -> Celery:
     """The worker's Celery app: genq's task admits each message into the loop's scheduler;
-    every message it cannot use is refused into ``dead`` (see :mod:`genq.worker.guard`)."""
+    every message it cannot use is refused into ``dead`` (see :mod:`genq.worker.guard`). Each
+    message taken tops the queue up from the jobs' pending lists (:mod:`genq.feeder`)."""
     runner, scheduler = loop.runner, loop.scheduler
     app = celery_app(settings)
     app.conf.broker_transport = guarded_transport(dead)
@@ -121,6 +125,7 @@ def create_app(
             def on_message(
                 message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
             ) -> None:
+                refill(feeder)
                 chunk: WorkChunk | None = None
                 try:
                     # Decoding checks the content type: a pickled message raises
@@ -152,6 +157,7 @@ def create_app(
                     chunk.job_id,
                     len(ready),
                     lambda: consumer.call_soon(acknowledge, message),
+                    priority=chunk.priority,
                 )
                 scheduler.add(delivery, ready)
                 flow.touch()
@@ -197,7 +203,15 @@ def create_app(
     return app
 
 
-def check_redis(store: JobStore, redis_url: str) -> None:
+def refill(feeder: Feeder) -> None:
+    """Top the Celery queue up from the pending lists; Redis away is the heartbeat's to retry."""
+    try:
+        feeder.refill()
+    except RedisError as e:
+        log.warning("could not refill the queue from the jobs' pending lists: %s", e)
+
+
+def check_redis(store: WorkStore, redis_url: str) -> None:
     """Fail at once, before loading a model, when Redis refuses genq (credentials, TLS, no
     such database, not a Redis at all): a worker that retried forever would look alive and take
     no work. An unreachable Redis is only logged: Celery keeps trying, so workers may start
@@ -233,7 +247,7 @@ def check_celery_args(celery_args: Sequence[str]) -> None:
 def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     """Load the engine, then run a Celery worker until it is stopped (SIGTERM/SIGINT)."""
     check_celery_args(celery_args)
-    store = JobStore(connect(settings.redis_url), settings.result_ttl_s, settings.unfinished_ttl_s)
+    store = WorkStore(connect(settings.redis_url), settings.result_ttl_s, settings.unfinished_ttl_s)
     check_redis(store, settings.redis_url)
     engine: Engine = load_engine(settings)
     worker_id = new_worker_id()
@@ -242,6 +256,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         settings.max_batch_size,
         settings.resolved_max_batch_tokens(engine.device),
         settings.max_wait_ms,
+        policy_for(settings),
     )
     loop = EngineLoop(scheduler, runner, settings)
     loop.start()
@@ -250,7 +265,8 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         raise loop.failure
     flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
     dead = DeadLetters(store, worker_id, settings.queue, flow.touch)
-    app = create_app(settings, loop, flow, dead)
+    feeder = Feeder(store.redis, settings)
+    app = create_app(settings, loop, flow, dead, feeder)
     info = WorkerInfo(
         id=worker_id,
         hostname=socket.gethostname(),
@@ -263,7 +279,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         started_at=utcnow(),
         last_seen=utcnow(),
     )
-    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow, settings.queue)
+    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow, feeder)
 
     def on_ready(**_: Any) -> None:
         store.register_worker(info, settings.heartbeat_s)

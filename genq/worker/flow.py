@@ -10,10 +10,12 @@ from typing import Any
 
 import redis
 
+from genq.feeder import Feeder
+from genq.leases import Leases
 from genq.schema import WorkerInfo
 from genq.settings import CONSUMER_STALL_S
-from genq.store import JobStore
 from genq.worker.scheduler import Scheduler
+from genq.worker.work_store import WorkStore
 
 log = logging.getLogger("genq.worker")
 
@@ -94,15 +96,17 @@ class Heartbeat(threading.Thread):
 
     def __init__(
         self,
-        store: JobStore,
+        store: WorkStore,
         info: WorkerInfo,
         period_s: float,
         scheduler: Scheduler,
         flow: FlowControl,
-        queue: str,
+        feeder: Feeder,
     ) -> None:
         super().__init__(name="genq-heartbeat", daemon=True)
-        self.queue = queue
+        self.feeder = feeder
+        self.queue = feeder.queue
+        self.leases = Leases(store.redis)
         self.store = store
         self.info = info
         self.period_s = period_s
@@ -120,7 +124,7 @@ class Heartbeat(threading.Thread):
                 return
 
     def beat(self) -> None:
-        lost = self.store.renew_leases(self.scheduler.held_tags())
+        lost = self.leases.renew(self.scheduler.held_tags())
         # A tag acked since the snapshot is not held any more: release() skips it.
         released, dropped = self.scheduler.release(lost) if lost else ([], 0)
         if released:
@@ -133,6 +137,9 @@ class Heartbeat(threading.Thread):
             )
         if not self.store.heartbeat(self.info.id, self.period_s):
             self.store.register_worker(self.info, self.period_s)  # e.g. Redis restarted
+        # Workers refill as they take messages; this covers a queue that drained while no
+        # message was taken (a producer that died between staging and its own refill).
+        self.feeder.refill()
         queued = self.store.queue_length(self.queue)
         if self.flow.stalled(queued):
             log.warning(

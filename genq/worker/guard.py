@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from genq.broker import GENERATE_TASK
 from genq.schema import DeadLetter, utcnow
 from genq.settings import DEAD_LETTER_MESSAGE_CHARS, MAX_MESSAGE_BYTES
-from genq.store import JobStore
+from genq.worker.work_store import WorkStore
 
 log = logging.getLogger("genq.worker")
 
@@ -44,7 +44,7 @@ class DeadLetters:
     """Refuses messages: one log line each, and an entry in the dead-letter list."""
 
     def __init__(
-        self, store: JobStore, worker_id: str, queue: str, on_refused: Callable[[], None]
+        self, store: WorkStore, worker_id: str, queue: str, on_refused: Callable[[], None]
     ) -> None:
         self.store = store
         self.worker_id = worker_id

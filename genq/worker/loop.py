@@ -2,7 +2,10 @@
 
 Two modes. *Continuous* (engines with a decoder, e.g. ``hf``): rows join a running decode batch
 whenever rows are free and leave as soon as they finish. *Static* (``ct2``, ``null``): one batch
-at a time, cut by the batching policy around the oldest waiting prompt.
+at a time, cut by the batching policy around the first waiting prompt by the ordering policy.
+
+Every prompt travels as one :class:`~genq.worker.item.Item` (pool, loop and runner share it);
+the engine only ever sees its :class:`Prepared`.
 
 All model work happens on this one thread, the warm-up included: a second thread that also
 ran torch ops (the main thread, say) keeps its own OpenMP team, and the two teams' spinning
@@ -19,19 +22,17 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 
 from genq.schema import TERMINAL
 from genq.settings import Settings
-from genq.worker.engines.base import Generation, Prepared, is_out_of_memory
+from genq.worker.engines.base import Decoder, Generation, Prepared, is_out_of_memory
+from genq.worker.item import Item
 from genq.worker.runner import BatchRunner
-from genq.worker.scheduler import Entry, Scheduler
-
-if TYPE_CHECKING:
-    from genq.worker.engines.hf_continuous import ContinuousDecoder
+from genq.worker.scheduler import Scheduler
 
 log = logging.getLogger("genq.worker")
 
@@ -41,9 +42,16 @@ CANCEL_CHECK_S = 1.0  # how often running rows are checked against cancelled job
 SHUTDOWN_GRACE_S = 60.0  # a warm shutdown lets the rows in flight finish for this long
 
 
-# Results of a continuous batch step, held until they are written: (entries, generations,
-# start times by id of item, rows in the batch).
-_Held = tuple[list[Entry], list[tuple[Prepared, Generation]], dict[int, float], int]
+@dataclass
+class HeldResults:
+    """Items a continuous batch step finished, with their generations, until written."""
+
+    done: list[tuple[Item, Generation]]
+    rows: int  # rows in the batch when they finished
+
+    @property
+    def items(self) -> list[Item]:
+        return [item for item, _ in self.done]
 
 
 class EngineLoop(threading.Thread):
@@ -59,12 +67,12 @@ class EngineLoop(threading.Thread):
         self.failure: BaseException | None = None
         # Finished generations whose results could not be written yet (Redis away): kept and
         # written when Redis is back, rather than generated again. Their messages stay unacked.
-        self._unwritten: list[_Held] = []
+        self._unwritten: list[HeldResults] = []
         self._next_write_s = 0.0
         self._last_retry_log_s = -RETRY_LOG_S
         # An item on its second try or later, waiting to run alone once nothing else is in
         # flight (counted only then: a poison item must not take neighbours down with it).
-        self._suspect: Entry | None = None
+        self._suspect: Item | None = None
 
     def run(self) -> None:
         try:
@@ -74,10 +82,10 @@ class EngineLoop(threading.Thread):
             return
         finally:
             self.warmed.set()
-        make_decoder = getattr(self.runner.engine, "decoder", None)
+        decoder = self.runner.engine.decoder() if self.settings.batching == "continuous" else None
         try:
-            if self.settings.batching == "continuous" and make_decoder is not None:
-                self._run_continuous(make_decoder())
+            if decoder is not None:
+                self._run_continuous(decoder)
             else:
                 self._run_static()
         except BaseException as e:
@@ -97,9 +105,8 @@ class EngineLoop(threading.Thread):
             self._run_suspect()  # after the batch: nothing else is in flight
 
     # --- continuous -----------------------------------------------------------------------
-    def _run_continuous(self, decoder: ContinuousDecoder) -> None:
-        entries: dict[int, Entry] = {}  # id(prepared) -> entry, for every item in the batch
-        started: dict[int, float] = {}
+    def _run_continuous(self, decoder: Decoder) -> None:
+        running: dict[Prepared, Item] = {}  # every item in the decode batch
         last_check = time.monotonic()
         size = self.settings.max_batch_size
         closing_by: float | None = None  # set at shutdown: finish the rows in flight by then
@@ -124,11 +131,12 @@ class EngineLoop(threading.Thread):
                 normal = self._begin(taken) if taken else []
                 if normal:
                     self.on_room()
-                    for entry in normal:
-                        entries[id(entry.prepared)] = entry
-                        started[id(entry.prepared)] = time.time()
-                    items = [e.prepared for e in normal]
-                    self._guarded(decoder, entries, started, partial(decoder.add, items))
+                    started = time.time()
+                    for item in normal:
+                        item.started_at = started
+                        running[item.prepared] = item
+                    joining = [item.prepared for item in normal]
+                    self._guarded(decoder, running, partial(decoder.add, joining))
             if self._unwritten:
                 self._write_held()
             if not decoder.active_rows:
@@ -143,16 +151,15 @@ class EngineLoop(threading.Thread):
                 # Out of time: the broker redelivers these messages; no result was written.
                 log.warning("shutdown: %d unfinished item(s) handed back", len(decoder.clear()))
                 return
-            self._guarded(decoder, entries, started, decoder.step)
+            self._guarded(decoder, running, decoder.step)
             if time.monotonic() - last_check > CANCEL_CHECK_S:
                 last_check = time.monotonic()
-                self._drop_cancelled(decoder, entries, started)
+                self._drop_cancelled(decoder, running)
 
     def _guarded(
         self,
-        decoder: ContinuousDecoder,
-        entries: dict[int, Entry],
-        started: dict[int, float],
+        decoder: Decoder,
+        running: dict[Prepared, Item],
         call: Callable[[], list[tuple[Prepared, Generation]]],
     ) -> None:
         try:
@@ -169,17 +176,15 @@ class EngineLoop(threading.Thread):
                 e,
             )
             decoder.clear()
-            failed = list(entries.values())
-            entries.clear()
-            started.clear()
+            failed = list(running.values())
+            running.clear()
             self._rerun(failed)
             return
         self.runner.batch_done()
         if not done:
             return
-        finished = [entries.pop(id(p)) for p, _ in done]
-        times = {id(p): started.pop(id(p)) for p, _ in done}
-        self._unwritten.append((finished, done, times, decoder.active_rows + len(done)))
+        finished = [(running.pop(p), generation) for p, generation in done]
+        self._unwritten.append(HeldResults(finished, decoder.active_rows + len(done)))
         self._write_held(force=True)
 
     def _write_held(self, force: bool = False) -> None:
@@ -187,75 +192,74 @@ class EngineLoop(threading.Thread):
         if not force and time.monotonic() < self._next_write_s:
             return
         while self._unwritten:
-            finished, done, times, rows = self._unwritten[0]
+            held = self._unwritten[0]
             try:
-                self.runner.finish(done, times, rows)
+                self.runner.finish(held.done, held.rows)
             except RedisError as e:
                 self._next_write_s = time.monotonic() + RETRY_DELAY_S
-                held = sum(len(f) for f, *_ in self._unwritten)
-                self._say_retrying(f"holding {held} finished item(s) until Redis is back ({e})")
+                count = sum(len(h.done) for h in self._unwritten)
+                self._say_retrying(f"holding {count} finished item(s) until Redis is back ({e})")
                 return
             except Exception:
                 self._unwritten.pop(0)
-                self._retry(finished)
+                self._retry(held.items)
                 continue
             self._unwritten.pop(0)
-            self.scheduler.complete(finished)
+            self.scheduler.complete(held.items)
 
-    def _rerun(self, entries: list[Entry], checked: bool = False) -> None:
-        """Run ``entries`` as static batches; failed items go back to wait out their backoff
+    def _rerun(self, items: list[Item], checked: bool = False) -> None:
+        """Run ``items`` as static batches; failed items go back to wait out their backoff
         (``checked``: their jobs' statuses were just read, by :meth:`_begin`)."""
         try:
-            retry = self.runner.run([e.prepared for e in entries], checked=checked)
+            retry = self.runner.run(items, checked=checked)
         except Exception:
-            self._retry(entries)
+            self._retry(items)
             return
-        again = {id(p) for p in retry}
-        later = [e for e in entries if id(e.prepared) in again]
-        for entry in later:
-            entry.not_before = time.monotonic() + self.runner.retry_delay_s(entry.prepared)
-        self.scheduler.retry_later(later)
-        self.scheduler.complete([e for e in entries if id(e.prepared) not in again])
+        again = set(retry)
+        self.scheduler.retry_later(retry)
+        self.scheduler.complete([item for item in items if item not in again])
 
-    def _begin(self, taken: list[Entry]) -> list[Entry]:
-        """Count an attempt (in Redis, so that a worker's death counts too) for each entry
+    def _begin(self, taken: list[Item]) -> list[Item]:
+        """Count an attempt (in Redis, so that a worker's death counts too) for each item
         taken from the pool that was never started, and return those, to batch now.
 
         The others were started before: they failed, or were in flight when a worker died.
         One started GENQ_MAX_ATTEMPTS times ends as ``worker_lost`` (a poison item must not
         take down every worker in turn); one more becomes the *suspect*, run alone once
-        nothing else is in flight; the rest go back to the pool, uncounted. Entries of ended
+        nothing else is in flight; the rest go back to the pool, uncounted. Items of ended
         jobs end here too.
         """
         by_job: dict[str, list[int]] = defaultdict(list)
-        for entry in taken:
-            by_job[entry.prepared.job_id].append(entry.prepared.item.index)
+        for item in taken:
+            by_job[item.job_id].append(item.index)
         try:
             statuses, counts = self.runner.store.start(by_job)
-            live = {id(p) for p in self.runner.live([e.prepared for e in taken], statuses)}
+            live = set(self.runner.live(taken, statuses))
         except RedisError as e:  # cannot tell: run them; results are checked when written
             self._say_retrying(f"could not count attempts ({e})")
+            for item in taken:
+                item.attempts = max(item.attempts, 1)  # this try, which Redis could not count
             return taken
-        normal: list[Entry] = []
-        waiting: list[Entry] = []
-        ended: list[Entry] = []
-        for entry in taken:
-            p = entry.prepared
-            count = counts.get((p.job_id, p.item.index), 1)
-            if id(p) not in live:
-                ended.append(entry)
+        normal: list[Item] = []
+        waiting: list[Item] = []
+        ended: list[Item] = []
+        for item in taken:
+            count = counts.get((item.job_id, item.index), 1)
+            if item not in live:
+                ended.append(item)
             elif count > 0:
-                normal.append(entry)
+                item.attempts = count
+                normal.append(item)
             elif -count >= self.settings.max_attempts:
                 try:
-                    self.runner.record_abandoned(p, -count)
-                    ended.append(entry)
+                    self.runner.record_abandoned(item, -count)
+                    ended.append(item)
                 except RedisError:
-                    waiting.append(entry)  # decided again on its next turn
+                    waiting.append(item)  # decided again on its next turn
             elif self._suspect is None:
-                self._suspect = entry
+                self._suspect = item
             else:
-                waiting.append(entry)
+                waiting.append(item)
         if ended:
             self.scheduler.complete(ended)
         if waiting:
@@ -264,27 +268,23 @@ class EngineLoop(threading.Thread):
 
     def _run_suspect(self) -> None:
         """Count another attempt for the suspect and run it alone (nothing else in flight)."""
-        entry, self._suspect = self._suspect, None
-        if entry is None:
+        item, self._suspect = self._suspect, None
+        if item is None:
             return
-        p = entry.prepared
-        key = (p.job_id, p.item.index)
         try:
-            statuses, counts = self.runner.store.start({p.job_id: [p.item.index]}, retry=True)
-            if not self.runner.live([p], statuses):  # its job ended meanwhile
-                self.scheduler.complete([entry])
+            statuses, counts = self.runner.store.start({item.job_id: [item.index]}, retry=True)
+            if not self.runner.live([item], statuses):  # its job ended meanwhile
+                self.scheduler.complete([item])
                 return
         except RedisError as e:
             self._say_retrying(f"could not count attempts ({e})")
-            self.scheduler.retry_later([entry])
+            self.scheduler.retry_later([item])
             return
-        self.runner.attempts[key] = abs(counts[key])
-        self._rerun([entry], checked=True)
+        item.attempts = abs(counts[(item.job_id, item.index)])
+        self._rerun([item], checked=True)
 
-    def _drop_cancelled(
-        self, decoder: ContinuousDecoder, entries: dict[int, Entry], started: dict[int, float]
-    ) -> None:
-        jobs = {e.prepared.job_id for e in entries.values()}
+    def _drop_cancelled(self, decoder: Decoder, running: dict[Prepared, Item]) -> None:
+        jobs = {item.job_id for item in running.values()}
         try:
             statuses = self.runner.store.statuses(jobs)
         except RedisError as e:
@@ -294,11 +294,9 @@ class EngineLoop(threading.Thread):
         if ended:
             dropped = decoder.drop(ended)
             log.info("stopped %d item(s) of ended job(s) %s", len(dropped), sorted(ended))
-            for p in dropped:
-                started.pop(id(p), None)
-            gone = [entries.pop(id(p)) for p in dropped]
+            gone = [running.pop(p) for p in dropped]
             try:
-                self.runner.live(dropped, statuses)  # expired items get their result
+                self.runner.live(gone, statuses)  # expired items get their result
             except RedisError:
                 self._retry(gone)  # back to the pool: the next look at them ends them
                 return
@@ -309,12 +307,12 @@ class EngineLoop(threading.Thread):
             self._last_retry_log_s = time.monotonic()
             log.warning("%s; retrying every %.0f s", what, RETRY_DELAY_S, exc_info=exc_info)
 
-    def _retry(self, entries: list[Entry]) -> None:
+    def _retry(self, items: list[Item]) -> None:
         error = sys.exc_info()[1]
         self._say_retrying(
-            f"could not run or record {len(entries)} item(s) ({type(error).__name__}: {error})",
+            f"could not run or record {len(items)} item(s) ({type(error).__name__}: {error})",
             exc_info=not isinstance(error, RedisError),
         )
-        for entry in entries:
-            entry.not_before = time.monotonic() + RETRY_DELAY_S
-        self.scheduler.retry_later(entries)
+        for item in items:
+            item.not_before = time.monotonic() + RETRY_DELAY_S
+        self.scheduler.retry_later(items)

@@ -4,9 +4,10 @@ Idempotent by construction: items whose job has ended, or that already have a re
 redelivered message), are not run again, and the store keeps the first result written.
 
 Failures stay per item: a batch that raises is split in halves until the item that fails is
-alone; that item is retried (GENQ_MAX_ATTEMPTS tries in all, with exponential backoff, by the
-caller putting it back in the pool) and then recorded with its error. Running out of device
-memory also halves the batch, and halves the worker's token budget for a while.
+alone; that item is retried (GENQ_MAX_ATTEMPTS tries in all, with exponential backoff: the
+retry policy is the item's, :class:`~genq.worker.item.Item`; the caller puts it back in the
+pool) and then recorded with its error. Running out of device memory also halves the batch,
+and halves the worker's token budget for a while.
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ from genq.schema import (
     chat_transcript,
 )
 from genq.settings import OOM_RECOVERY_BATCHES, Settings
-from genq.store import JobStore
 from genq.worker.batching import plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
 from genq.worker.engines.chat import ChatTemplateError, NoChatTemplate
+from genq.worker.item import Delivery, Item
+from genq.worker.work_store import WorkStore
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class ItemRejected(Exception):
 class BatchRunner:
     """Prepares work items for an engine, runs batches, and records every result."""
 
-    def __init__(self, engine: Engine, store: JobStore, settings: Settings, worker_id: str):
+    def __init__(self, engine: Engine, store: WorkStore, settings: Settings, worker_id: str):
         self.engine = engine
         self.store = store
         self.settings = settings
@@ -61,9 +63,6 @@ class BatchRunner:
         self.configured_budget = settings.resolved_max_batch_tokens(engine.device)
         self.budget = self.configured_budget  # padded tokens per batch; lowered after an OOM
         self._since_oom = 0
-        # (job, index) -> attempts so far, for items started more than once (the loop counts
-        # them in Redis, so that a worker dying mid-item counts too).
-        self.attempts: dict[tuple[str, int], int] = {}
 
     def admit(self, chunk: WorkChunk) -> list[Prepared]:
         """The chunk's items that still need generating, tokenised and checked.
@@ -144,43 +143,42 @@ class BatchRunner:
                     f"{limit} (GENQ_MAX_PROMPT_BYTES: set the same on producers and workers)"
                 )
 
-    def run(self, batch: Sequence[Prepared], checked: bool = False) -> list[Prepared]:
+    def run(self, batch: Sequence[Item], checked: bool = False) -> list[Item]:
         """Generate for one batch and record its results; items of ended jobs are skipped
         (``checked``: the caller has just checked, spare the round trip).
 
-        Returns the items that failed and are to be tried again after :meth:`retry_delay_s`.
+        Returns the items that failed and are to be tried again, each from its ``not_before``.
         """
         live = list(batch)
         if not checked:
             # A job cancelled while its items wait stops at the next batch boundary.
-            live = self.live(batch, self.store.statuses({p.job_id for p in batch}))
+            live = self.live(batch, self.store.statuses({i.job_id for i in batch}))
+        by_prepared = {item.prepared: item for item in live}
         # Items that cannot share a generate call (sampling parameters) run apart.
-        retry: list[Prepared] = []
-        for part in plan_batches(live, self.settings.max_batch_size, self.budget):
-            retry += self._run(part)
+        retry: list[Item] = []
+        for part in plan_batches(list(by_prepared), self.settings.max_batch_size, self.budget):
+            retry += self._run([by_prepared[p] for p in part])
         return retry
 
-    def live(
-        self, items: Sequence[Prepared], statuses: Mapping[str, JobStatus | None]
-    ) -> list[Prepared]:
+    def live(self, items: Sequence[Item], statuses: Mapping[str, JobStatus | None]) -> list[Item]:
         """The items whose job still runs. The others end here: items of an expired job get
         an ``expired`` result, those of a cancelled (or vanished) job none."""
-        live: list[Prepared] = []
+        live: list[Item] = []
         expired_by_job: dict[str, list[Prepared]] = defaultdict(list)
-        for p in items:
-            status = statuses.get(p.job_id)
+        for item in items:
+            status = statuses.get(item.job_id)
             if status is not None and status not in TERMINAL:
-                live.append(p)
+                live.append(item)
             elif status is JobStatus.EXPIRED:
-                expired_by_job[p.job_id].append(p)
+                expired_by_job[item.job_id].append(item.prepared)
         for job_id, expired in expired_by_job.items():
             self._record_expired(job_id, expired[0].enqueued_at, [p.item for p in expired])
         return live
 
-    def record_abandoned(self, prepared: Prepared, starts: int) -> None:
+    def record_abandoned(self, item: Item, starts: int) -> None:
         """End an item that was started ``starts`` times without ever ending: each time its
         worker died or stopped mid-item (a crash in the engine, say). It is not run again."""
-        self.attempts.pop((prepared.job_id, prepared.item.index), None)
+        prepared = item.prepared
         result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, time.time())
         result.error = ErrorInfo(
             type=ItemErrorType.WORKER_LOST.value,
@@ -212,23 +210,20 @@ class BatchRunner:
 
     def process(self, chunks: Sequence[WorkChunk]) -> None:
         """Admit and run ``chunks`` synchronously, retries included (no backoff)."""
-        todo = [p for chunk in chunks for p in self.admit(chunk)]
+        todo: list[Item] = []
+        for chunk in chunks:
+            ready = self.admit(chunk)
+            # Not from a queue: nothing to acknowledge.
+            message = Delivery("", chunk.job_id, len(ready), lambda: None, priority=chunk.priority)
+            todo += [Item(p, message, priority=chunk.priority) for p in ready]
         while todo:
-            for p in todo:
-                key = (p.job_id, p.item.index)
-                self.attempts[key] = self.attempts.get(key, 0) + 1
+            for item in todo:
+                item.attempts += 1
             todo = self.run(todo)
-
-    def retry_delay_s(self, prepared: Prepared) -> float:
-        """Backoff before the next try of a failed item: doubles with each attempt."""
-        attempts = self.attempts.get((prepared.job_id, prepared.item.index), 1)
-        return float(self.settings.retry_backoff_s * 2 ** (attempts - 1))
 
     def out_of_memory(self, tokens: int) -> None:
         """A batch of ``tokens`` padded tokens ran out of device memory: halve the budget."""
-        release = getattr(self.engine, "release_memory", None)
-        if release is not None:
-            release()
+        self.engine.release_memory()
         lowered = max(min(self.budget, tokens) // 2, 1)
         if lowered < self.budget:
             log.warning(
@@ -249,16 +244,14 @@ class BatchRunner:
             self.budget = min(self.budget * 2, self.configured_budget)
             self._since_oom = 0
 
-    def finish(
-        self, done: Sequence[tuple[Prepared, Generation]], started: Mapping[int, float], rows: int
-    ) -> None:
-        """Record items a continuous batch finished (``started``: by ``id`` of the item)."""
+    def finish(self, done: Sequence[tuple[Item, Generation]], rows: int) -> None:
+        """Record items a continuous batch of ``rows`` rows finished (timed from their
+        ``started_at``)."""
         by_job: dict[str, list[ItemResult]] = defaultdict(list)
         tokens = 0
-        for prepared, generation in done:
+        for item, generation in done:
             tokens += generation.completion_tokens
-            result = self._completed(prepared, generation, started[id(prepared)], rows)
-            by_job[prepared.job_id].append(result)
+            by_job[item.job_id].append(self._completed(item, generation, rows))
         self.store.record(by_job, BatchStats(self.worker_id, rows, len(done), tokens))
 
     def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
@@ -305,37 +298,41 @@ class BatchRunner:
         except ChatTemplateError as e:
             raise ItemRejected(ItemErrorType.INVALID_PARAMS, str(e)) from e
 
-    def _run(self, batch: list[Prepared]) -> list[Prepared]:
+    def _run(self, batch: list[Item]) -> list[Item]:
         started = time.time()
-        rows = sum(p.rows for p in batch)
+        for item in batch:
+            item.started_at = started
+        prepared = [item.prepared for item in batch]
+        rows = sum(p.rows for p in prepared)
         try:
-            generations = self.engine.generate(batch)
+            generations = self.engine.generate(prepared)
         except Exception as e:
             oom = is_out_of_memory(e)
             if oom:
-                self.out_of_memory(rows * max(len(p.prompt_ids) + p.max_new_tokens for p in batch))
+                longest = max(len(p.prompt_ids) + p.max_new_tokens for p in prepared)
+                self.out_of_memory(rows * longest)
             if len(batch) > 1:
                 # Split to isolate the item that fails; its neighbours still get results.
                 log.warning("batch of %d failed (%s); splitting it", len(batch), e)
                 half = len(batch) // 2
                 return self._run(batch[:half]) + self._run(batch[half:])
-            return self._failed(batch[0], e, oom, started)
+            return self._failed(batch[0], e, oom)
         self.batch_done()
         by_job: dict[str, list[ItemResult]] = defaultdict(list)
         tokens = 0
-        for prepared, generation in zip(batch, generations, strict=True):
+        for item, generation in zip(batch, generations, strict=True):
             tokens += generation.completion_tokens
-            by_job[prepared.job_id].append(self._completed(prepared, generation, started, rows))
+            by_job[item.job_id].append(self._completed(item, generation, rows))
         self.store.record(by_job, BatchStats(self.worker_id, rows, len(batch), tokens))
         return []
 
-    def _failed(
-        self, prepared: Prepared, error: Exception, oom: bool, started: float
-    ) -> list[Prepared]:
-        """Count a failed try of one item: retry it later, or record its error."""
-        key = (prepared.job_id, prepared.item.index)
-        attempts = self.attempts.get(key, 1)
-        if attempts < self.settings.max_attempts:
+    def _failed(self, item: Item, error: Exception, oom: bool) -> list[Item]:
+        """Count a failed try of one item: retry it later (the item's retry policy sets when),
+        or record its error."""
+        prepared, attempts = item.prepared, item.attempts
+        if item.retryable(self.settings.max_attempts):
+            delay_s = item.next_retry_delay(self.settings.retry_backoff_s)
+            item.not_before = time.monotonic() + delay_s
             log.warning(
                 "item %d of job %s failed (attempt %d of %d: %s: %s); retrying in %.1f s",
                 prepared.item.index,
@@ -344,10 +341,9 @@ class BatchRunner:
                 self.settings.max_attempts,
                 type(error).__name__,
                 error,
-                self.retry_delay_s(prepared),
+                delay_s,
             )
-            return [prepared]
-        self.attempts.pop(key, None)
+            return [item]
         log.error(
             "item %d of job %s failed %d times; recording the error",
             prepared.item.index,
@@ -356,7 +352,7 @@ class BatchRunner:
             exc_info=error,
         )
         kind = ItemErrorType.OUT_OF_MEMORY if oom else ItemErrorType.GENERATION_ERROR
-        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, started)
+        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, item.started_at)
         result.error = ErrorInfo(
             type=kind.value,
             message=f"{type(error).__name__}: {error} (after {attempts} attempts)",
@@ -365,12 +361,9 @@ class BatchRunner:
         self.store.record({prepared.job_id: [result]})
         return []
 
-    def _completed(
-        self, prepared: Prepared, generation: Generation, started: float, rows: int
-    ) -> ItemResult:
-        if self.attempts:
-            self.attempts.pop((prepared.job_id, prepared.item.index), None)
-        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, started)
+    def _completed(self, item: Item, generation: Generation, rows: int) -> ItemResult:
+        prepared = item.prepared
+        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, item.started_at)
         result.outputs = generation.outputs
         result.finish_reasons = generation.finish_reasons
         result.finish_reason = generation.finish_reasons[0] if generation.finish_reasons else None

@@ -1,18 +1,29 @@
 """The engine interface: render chat items, tokenise prompts, and generate for a batch of
-prepared items."""
+prepared items; and :func:`check_stop`, the one rule every engine ends a row by.
+
+An engine that schedules itself (vLLM on a GPU, say) fits as one module plus one entry in
+:data:`genq.worker.engines.ENGINES`: its :meth:`Engine.decoder` returns a :class:`Decoder`
+whose ``add`` maps onto the engine's own ``add_request``, ``step`` onto its ``step`` (handing
+back the requests it reports finished), and ``drop``/``clear`` onto ``abort``; its
+``generate`` may simply add a batch and step until it drains.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from genq.schema import ChatMessage, FinishReason, GenerationParams, WorkItem
 
+if TYPE_CHECKING:
+    from genq.settings import Settings
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, eq=False)
 class Prepared:
-    """A work item ready for the model: tokenised, with its length limit resolved."""
+    """A work item ready for the model: tokenised, with its length limit resolved. Compared
+    and hashed by identity: two deliveries of one item are two objects."""
 
     job_id: str
     enqueued_at: float
@@ -52,8 +63,36 @@ class Generation:
         return cls(outputs, [reason for _, reason, _ in rows], sum(counts), counts)
 
 
+def check_stop(
+    generated: Sequence[int],
+    *,
+    eos_id: int | None,
+    stops: Sequence[str],
+    max_new_tokens: int,
+    decode: Callable[[list[int]], str],
+) -> FinishReason | None:
+    """Why a row ends after its newest token, or None while it goes on.
+
+    Every engine calls this after each token it generates for a row (``generated``: the
+    row's new tokens so far, prompt excluded). The first rule that holds wins:
+
+    1. ``"eos"``: the newest token is the end-of-sequence token (even when it is also the
+       row's last allowed token, or completes a stop string);
+    2. ``"stop"``: the newest token completed one of ``stops`` (even on the last allowed
+       token); ``decode`` is called only when there are stop strings;
+    3. ``"length"``: the row holds ``max_new_tokens`` tokens.
+    """
+    if eos_id is not None and generated and generated[-1] == eos_id:
+        return "eos"
+    if stops and ends_with_stop(decode, generated, stops):
+        return "stop"
+    if len(generated) >= max_new_tokens:
+        return "length"
+    return None
+
+
 def ends_with_stop(
-    decode: Callable[[list[int]], str], generated: list[int], stops: Sequence[str]
+    decode: Callable[[list[int]], str], generated: Sequence[int], stops: Sequence[str]
 ) -> bool:
     """Whether the newest token completed a stop string.
 
@@ -61,7 +100,7 @@ def ends_with_stop(
     byte and a character at most four, so the last 4 x (longest stop) + 4 tokens suffice.
     """
     window = 4 * max(len(s) for s in stops) + 4
-    text = decode(generated[-window:])
+    text = decode(list(generated[-window:]))
     return any(s in text for s in stops)
 
 
@@ -77,8 +116,48 @@ def is_out_of_memory(error: BaseException) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "out of memory" in str(error).lower()
 
 
+class Decoder(Protocol):
+    """A running decode batch that rows join and leave between steps: what continuous
+    batching needs of an engine (see :meth:`Engine.decoder`). Items are told apart by identity
+    (the same :class:`Prepared` object goes in and comes back out)."""
+
+    @property
+    def active_rows(self) -> int:
+        """Rows (sequences) in the batch now."""
+        ...
+
+    def projected_tokens(self, joining: Sequence[Prepared] = ()) -> int:
+        """Cache size (rows x positions) the batch may reach if ``joining`` join it now."""
+        ...
+
+    def add(self, items: Sequence[Prepared]) -> list[tuple[Prepared, Generation]]:
+        """Prefill ``items`` into the batch; return those already finished."""
+        ...
+
+    def step(self) -> list[tuple[Prepared, Generation]]:
+        """One forward pass for every active row; return the items that finished."""
+        ...
+
+    def drop(self, job_ids: set[str]) -> list[Prepared]:
+        """Remove the items of ``job_ids`` (ended jobs) from the batch; return them."""
+        ...
+
+    def clear(self) -> list[Prepared]:
+        """Remove every item (after a failed step, or at shutdown); return them."""
+        ...
+
+
 class Engine(Protocol):
-    """A text-generation backend. Implementations load their model once, in ``__init__``."""
+    """A text-generation backend.
+
+    Every engine class has ``@classmethod load(cls, settings: Settings) -> Self``, which loads
+    its model once (see :class:`EngineClass`); :func:`genq.worker.engines.load_engine` picks
+    the class by ``settings.engine`` and calls it.
+
+    Optional capabilities are declared here, not probed: an engine without continuous
+    batching returns None from :meth:`decoder`; one with no device memory to give back makes
+    :meth:`release_memory` a no-op.
+    """
 
     name: str
     model_name: str
@@ -105,4 +184,22 @@ class Engine(Protocol):
 
     def warmup(self) -> None:
         """Run one small generation so the first real batch pays no start-up cost."""
+        ...
+
+    def decoder(self) -> Decoder | None:
+        """A new continuous decode batch over this engine's model, or None when the engine
+        only runs static batches (:meth:`generate`)."""
+        ...
+
+    def release_memory(self) -> None:
+        """Give cached device memory back after an out-of-memory error, before a smaller
+        retry (a no-op where there is none)."""
+        ...
+
+
+class EngineClass(Protocol):
+    """An engine class, as the engine table names it: what :meth:`load` returns is ready."""
+
+    def load(self, settings: Settings) -> Engine:
+        """Load the engine's model once, as ``settings`` configure it."""
         ...

@@ -26,9 +26,9 @@ from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 from genq.errors import ModelLoadError, WorkerConfigError
 from genq.schema import ChatMessage, FinishReason
 from genq.settings import Settings
-from genq.worker.engines.base import Generation, Prepared, ends_with_stop
+from genq.worker.engines.base import Generation, Prepared, check_stop
 from genq.worker.engines.chat import render_with_tokenizer
-from genq.worker.engines.hf import resolve_model_path
+from genq.worker.engines.hf import context_length, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,8 @@ class CT2Engine:
 
     @classmethod
     def load(cls, settings: Settings) -> CT2Engine:
+        """Convert GENQ_MODEL once (cached), then load it onto GENQ_DEVICE, quantised as
+        GENQ_CT2_COMPUTE_TYPE says."""
         path = Path(resolve_model_path(settings.model))
         device, index = resolve_ct2_device(settings.device)
         compute_type = settings.ct2_compute_type
@@ -115,16 +117,13 @@ class CT2Engine:
             )
         except Exception as e:
             raise ModelLoadError(f"could not load CTranslate2 model {converted}: {e}") from e
-        positions = getattr(config, "n_positions", None) or getattr(
-            config, "max_position_embeddings", None
-        )
         label = f"{device}:{index}" if device == "cuda" else device
         return cls(
             generator,
             tokenizer,
             f"{label} ({compute_type})",
             settings.model,
-            int(positions) if positions else None,
+            context_length(config),
         )
 
     def encode(self, text: str) -> list[int]:
@@ -142,6 +141,12 @@ class CT2Engine:
             max_length=2,
             include_prompt_in_result=False,
         )
+
+    def decoder(self) -> None:
+        return None  # CTranslate2 runs whole batches: static batching only
+
+    def release_memory(self) -> None:
+        return None  # CTranslate2 gives its cached memory back itself
 
     def generate(self, batch: Sequence[Prepared]) -> list[Generation]:
         n = batch[0].params.num_return_sequences
@@ -180,13 +185,16 @@ class CT2Engine:
             if row in finished:
                 return True
             generated[row].append(step.token_id)
-            if step.token_id == eos_id:
-                finished[row] = "eos"
-            elif stops[row] and ends_with_stop(decode, generated[row], stops[row]):
-                finished[row] = "stop"
-            elif len(generated[row]) >= limits[row]:
-                finished[row] = "length"
-            return row in finished
+            reason = check_stop(
+                generated[row],
+                eos_id=eos_id,
+                stops=stops[row],
+                max_new_tokens=limits[row],
+                decode=decode,
+            )
+            if reason is not None:
+                finished[row] = reason
+            return reason is not None
 
         if first.do_sample and first.seed is not None:
             ctranslate2.set_random_seed(first.seed)

@@ -12,12 +12,11 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from genq.schema import ChatMessage
-from genq.worker.engines.base import Engine, Generation, Prepared
+from genq.worker.engines.base import Decoder, Engine, Generation, Prepared
 
 
 class InjectedFault(RuntimeError):
@@ -60,8 +59,6 @@ class FaultyEngine:
         self.device = inner.device
         self.max_context = inner.max_context
         self.raised: Counter[tuple[str, int]] = Counter()
-        if hasattr(inner, "decoder"):
-            self.decoder = self._decoder
 
     def encode(self, text: str) -> list[int]:
         return self.inner.encode(text)
@@ -98,12 +95,11 @@ class FaultyEngine:
                 raise InjectedFault(f"injected fault for item {p.item.index}")
 
     def release_memory(self) -> None:
-        release = getattr(self.inner, "release_memory", None)
-        if release is not None:
-            release()
+        self.inner.release_memory()
 
-    def _decoder(self) -> FaultyDecoder:
-        return FaultyDecoder(self.inner.decoder(), self)  # type: ignore[attr-defined]
+    def decoder(self) -> FaultyDecoder | None:
+        inner = self.inner.decoder()
+        return None if inner is None else FaultyDecoder(inner, self)
 
     @staticmethod
     def _marked(p: Prepared, markers: list[str]) -> bool:
@@ -111,20 +107,31 @@ class FaultyEngine:
 
 
 class FaultyDecoder:
-    """A continuous decoder that raises when a marked item joins it, and steps slowly."""
+    """A continuous decoder that raises when a marked item joins it, and steps slowly; the
+    rest of :class:`Decoder` passes straight to ``inner``."""
 
-    def __init__(self, inner: Any, engine: FaultyEngine) -> None:
+    def __init__(self, inner: Decoder, engine: FaultyEngine) -> None:
         self.inner = inner
         self.engine = engine
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    @property
+    def active_rows(self) -> int:
+        return self.inner.active_rows
 
-    def add(self, items: Sequence[Prepared]) -> Any:
+    def projected_tokens(self, joining: Sequence[Prepared] = ()) -> int:
+        return self.inner.projected_tokens(joining)
+
+    def add(self, items: Sequence[Prepared]) -> list[tuple[Prepared, Generation]]:
         self.engine.check(items, rows=self.inner.active_rows + sum(p.rows for p in items))
         return self.inner.add(items)
 
-    def step(self) -> Any:
+    def step(self) -> list[tuple[Prepared, Generation]]:
         if self.engine.plan.delay_s:
             time.sleep(self.engine.plan.delay_s)
         return self.inner.step()
+
+    def drop(self, job_ids: set[str]) -> list[Prepared]:
+        return self.inner.drop(job_ids)
+
+    def clear(self) -> list[Prepared]:
+        return self.inner.clear()

@@ -23,7 +23,8 @@ from transformers import (
 
 from genq.errors import ModelLoadError, WorkerConfigError
 from genq.schema import ChatMessage, FinishReason
-from genq.worker.engines.base import Generation, Prepared, ends_with_stop
+from genq.settings import Settings
+from genq.worker.engines.base import Generation, Prepared, check_stop
 from genq.worker.engines.chat import render_with_tokenizer
 
 if TYPE_CHECKING:
@@ -98,6 +99,16 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def context_length(config: Any) -> int | None:
+    """Positions a model's config says it has (prompt + new tokens), None when it says none."""
+    # Architectures name the field differently (GPT-2: n_positions; most others:
+    # max_position_embeddings), and a config holds only its own fields.
+    positions = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None
+    )
+    return int(positions) if positions else None
+
+
 class RowStopper(StoppingCriteria):  # type: ignore[misc]
     """Stops each row on its own: at its ``max_new_tokens``, at EOS, or at a stop string.
 
@@ -119,21 +130,28 @@ class RowStopper(StoppingCriteria):  # type: ignore[misc]
         self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.finished: dict[int, tuple[FinishReason, int]] = {}
+        # Each row's new tokens, extended by the columns added since the last call: copying
+        # the whole generated block every step would cost O(steps^2) per row.
+        self.generated: list[list[int]] = [[] for _ in self.limits]
 
     def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        seen = len(self.generated[0]) if self.generated else 0
+        fresh: list[list[int]] = input_ids[:, self.prompt_len + seen :].tolist()
         step = input_ids.shape[1] - self.prompt_len
-        last = input_ids[:, -1].tolist()
         for row, limit in enumerate(self.limits):
+            generated = self.generated[row]
+            generated += fresh[row]
             if row in self.finished:
                 continue
-            if self.eos_id is not None and last[row] == self.eos_id:
-                self.finished[row] = ("eos", step)
-            elif self.stops[row] and ends_with_stop(
-                self._decode, input_ids[row, self.prompt_len :].tolist(), self.stops[row]
-            ):
-                self.finished[row] = ("stop", step)
-            elif step >= limit:
-                self.finished[row] = ("length", step)
+            reason = check_stop(
+                generated,
+                eos_id=self.eos_id,
+                stops=self.stops[row],
+                max_new_tokens=limit,
+                decode=self._decode,
+            )
+            if reason is not None:
+                self.finished[row] = (reason, step)
         done = [row in self.finished for row in range(len(self.limits))]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
@@ -164,17 +182,15 @@ class HFEngine:
         self.eos_id: int | None = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.pad_id: int = pad if pad is not None else 0
-        config = model.config
-        positions = getattr(config, "n_positions", None) or getattr(
-            config, "max_position_embeddings", None
-        )
-        self.max_context: int | None = int(positions) if positions else None
+        self.max_context: int | None = context_length(model.config)
 
     @classmethod
-    def load(cls, model: str, device: str) -> HFEngine:
-        """Load the tokenizer and model once; half precision on CUDA."""
+    def load(cls, settings: Settings) -> HFEngine:
+        """Load GENQ_MODEL's tokenizer and model once, onto GENQ_DEVICE; half precision on
+        CUDA."""
+        model = settings.model
         path = resolve_model_path(model)
-        torch_device = resolve_device(device)
+        torch_device = resolve_device(settings.device)
         dtype = torch.float16 if torch_device.type == "cuda" else torch.float32
         try:
             tokenizer = AutoTokenizer.from_pretrained(path)

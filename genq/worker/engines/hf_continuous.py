@@ -24,7 +24,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from genq.schema import FinishReason
-from genq.worker.engines.base import Generation, Prepared, ends_with_stop
+from genq.worker.engines.base import Generation, Prepared, check_stop
 from genq.worker.engines.hf import HFEngine
 
 PREFILL_PADDING_SLACK = 1.25  # a prefill group may hold this much padding over its real tokens
@@ -220,13 +220,13 @@ class ContinuousDecoder:
         for row, token in zip(rows, chosen, strict=True):
             row.generated.append(token)
             row.history.append(token)
-            params = row.prepared.params
-            if eos is not None and token == eos:
-                row.finished = "eos"
-            elif params.stop and ends_with_stop(self._decode, row.generated, params.stop):
-                row.finished = "stop"
-            elif len(row.generated) >= row.prepared.max_new_tokens:
-                row.finished = "length"
+            row.finished = check_stop(
+                row.generated,
+                eos_id=eos,
+                stops=row.prepared.params.stop,
+                max_new_tokens=row.prepared.max_new_tokens,
+                decode=self._decode,
+            )
         done = []
         for row in rows:
             pending = self.items.get(id(row.prepared))
@@ -384,6 +384,7 @@ class BufferedLayer(DynamicLayer):  # type: ignore[misc,no-untyped-call]
 
 
 def _cache_of(output: Any) -> Any:
+    # transformers 5.x names the output's cache `cache`; 4.x, `past_key_values`.
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
 

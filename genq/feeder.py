@@ -1,0 +1,399 @@
+"""The fair feeder: jobs wait in their own pending lists, and the Celery queue is refilled from
+them in priority and fair-share order, a few messages at a time.
+
+A producer does not push a job's messages onto the Celery queue: it *stages* them on the job's
+pending list (``genq:sched:{queue}:pending:{job}``). One Lua script, :data:`REFILL`, moves
+messages from pending lists to the Celery queue until it holds GENQ_FEED_DEPTH messages:
+
+* **priority**: the highest level with pending work goes first (``high`` messages go to the
+  head of the queue, even a full one); a level passed over GENQ_STARVE_AFTER_MESSAGES
+  messages in a row gets the next one, so ``low`` work under sustained ``normal`` load still
+  gets 1 message in 10;
+* **tenants** within a level: the one with the least *virtual time* goes next, and each message
+  adds its items / the tenant's weight to it (weighted fair queueing; a tenant that was idle
+  starts at the level's clock, so it banks no credit);
+* **jobs** within a tenant: round-robin, one message each.
+
+Anyone may refill: the producer after staging, and every worker each time it takes a message
+and on every heartbeat, so no single process is needed. A message moves atomically from its
+pending list to the Celery queue, where kombu's leases and genq's exactly-once results take
+over unchanged (docs/reliability.md): the feeder only decides *when* a message is queued.
+Messages of cancelled (or failed) jobs are dropped when their turn comes; an expired job's
+still go, so that workers give each of its items its ``expired`` result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from genq import keyspace
+from genq.schema import PRIORITIES, TERMINAL, Priority, TenantPolicy
+from genq.settings import Settings
+
+# Every key below is built from ARGV[1] (keyspace.sched_prefix), ARGV[4] (job_prefix) and
+# ARGV[5] (tenant_prefix): which job's list is read next is known only inside the script, and
+# genq runs on one Redis (no cluster slots to declare keys for). ARGV[2] and ARGV[3] are the
+# Celery queue's two lists (urgent, other): kombu's consumer pops the first one first.
+_COMMON = """
+local P, URGENT, OTHER, JOBP, TENP = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local DEPTH, STARVE = tonumber(ARGV[6]), tonumber(ARGV[7])
+local LEVELS = {'high', 'normal', 'low'}
+-- An expired job's messages still go to workers, which give each item its `expired` result;
+-- those of a cancelled or failed job get none, so they are dropped.
+local DROPPED = {completed=true, failed=true, cancelled=true}
+
+local function weight(tenant)
+  local w = tonumber(redis.call('HGET', TENP .. tenant .. ':policy', 'weight') or '')
+  if not w or w <= 0 then return 1 end
+  return w
+end
+
+-- A job with nothing (more) to dispatch leaves its tenant's ring; a tenant with no job left
+-- leaves its level. What it still had pending (an ended job's messages) is dropped.
+local function retire(level, tenant, job)
+  local ring = P .. 'ring:' .. level .. ':' .. tenant
+  redis.call('LREM', ring, -1, job)  -- once in its ring, and near the tail when just served
+  redis.call('HDEL', P .. 'active', job)
+  redis.call('HDEL', P .. 'queued', job)
+  redis.call('DEL', P .. 'pending:' .. job)
+  if redis.call('LLEN', ring) == 0 then
+    redis.call('ZREM', P .. 'tenants:' .. level, tenant)
+    if redis.call('ZCARD', P .. 'tenants:' .. level) == 0 then
+      redis.call('HDEL', P .. 'skipped', level)
+      redis.call('DEL', P .. 'clock:' .. level)  -- an idle level starts again from 0
+    end
+  end
+end
+
+local function waiting_levels()
+  local waiting = {}
+  for _, level in ipairs(LEVELS) do
+    if redis.call('ZCARD', P .. 'tenants:' .. level) > 0 then table.insert(waiting, level) end
+  end
+  return waiting
+end
+
+-- The most urgent waiting level, unless a less urgent one was passed over STARVE times.
+local function pick(waiting)
+  for i = #waiting, 2, -1 do
+    if tonumber(redis.call('HGET', P .. 'skipped', waiting[i]) or '0') >= STARVE then
+      return waiting[i]
+    end
+  end
+  return waiting[1]
+end
+
+local function count_skips(waiting, chosen)
+  local below = false
+  for _, level in ipairs(waiting) do
+    if level == chosen then
+      redis.call('HDEL', P .. 'skipped', level)
+      below = true
+    elseif below then
+      redis.call('HINCRBY', P .. 'skipped', level, 1)
+    end
+  end
+end
+
+-- The next message of ``level`` in fair order, or nil once the level has none.
+local function take(level)
+  local tenants = P .. 'tenants:' .. level
+  while true do
+    local top = redis.call('ZRANGE', tenants, 0, 0, 'WITHSCORES')
+    if #top == 0 then return nil end
+    local tenant, vt = top[1], tonumber(top[2])
+    local ring = P .. 'ring:' .. level .. ':' .. tenant
+    local job = redis.call('LINDEX', ring, -1)
+    if not job then
+      redis.call('ZREM', tenants, tenant)
+    else
+      local status = redis.call('HGET', JOBP .. job, 'status')
+      local entry = false
+      if status and not DROPPED[status] then
+        entry = redis.call('RPOP', P .. 'pending:' .. job)
+      end
+      if entry then
+        local sep = string.find(entry, '|', 1, true)
+        local items = tonumber(string.sub(entry, 1, sep - 1))
+        redis.call('HINCRBY', P .. 'queued', job, -items)
+        redis.call('SET', P .. 'clock:' .. level, vt)
+        if redis.call('LLEN', P .. 'pending:' .. job) == 0 then
+          retire(level, tenant, job)
+        else
+          redis.call('RPOPLPUSH', ring, ring)  -- the tenant's next job goes next
+        end
+        if redis.call('ZSCORE', tenants, tenant) then
+          redis.call('ZADD', tenants, vt + items / weight(tenant), tenant)
+        end
+        return string.sub(entry, sep + 1)
+      end
+      retire(level, tenant, job)  -- ended, or nothing pending (a producer still staging)
+    end
+  end
+end
+
+-- The Celery queue holds up to DEPTH messages, and up to DEPTH urgent ones on their own list,
+-- which workers empty first: staged behind a full queue, urgent work still goes next.
+local function room(level)
+  local urgent = redis.call('LLEN', URGENT)
+  if level == 'high' then return urgent < DEPTH end
+  return urgent + redis.call('LLEN', OTHER) < DEPTH
+end
+
+local function refill()
+  local moved = 0
+  while true do
+    local waiting = waiting_levels()
+    if #waiting == 0 then break end
+    local level = pick(waiting)
+    if not room(level) then
+      -- a starved level's turn that cannot be taken now never holds urgent work back
+      if waiting[1] == 'high' and room('high') then level = 'high' else break end
+    end
+    local payload = take(level)
+    if payload then
+      count_skips(waiting, level)
+      -- kombu pushes left and pops right: each list stays first in, first out
+      redis.call('LPUSH', level == 'high' and URGENT or OTHER, payload)
+      moved = moved + 1
+    end
+  end
+  return moved
+end
+"""
+
+# ARGV: common (7). Returns the messages moved to the Celery queue.
+REFILL = _COMMON + "return refill()"
+
+# ARGV: common (7), job id, priority, tenant, batch number, then entries "items|payload" in the
+# job's order. Appends them to the job's pending list, puts the job in its tenant's ring (at the end
+# of the current round) and the tenant in its level (at the level's clock), then refills. A batch
+# number the job has already staged stages nothing (a command retried after its reply was
+# lost). Returns the messages moved to the Celery queue; -1 when the job was cancelled, failed
+# or is gone (nothing staged).
+STAGE = (
+    _COMMON
+    + """
+local job, level, tenant, batch = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
+local fields = redis.call('HMGET', JOBP .. job, 'status', 'staged')
+local status = fields[1]
+if not status or DROPPED[status] then return -1 end
+if batch <= tonumber(fields[2] or '0') then return refill() end
+redis.call('HSET', JOBP .. job, 'staged', batch)
+local pending = P .. 'pending:' .. job
+local items = 0
+for i = 12, #ARGV do
+  redis.call('LPUSH', pending, ARGV[i])
+  items = items + tonumber(string.sub(ARGV[i], 1, string.find(ARGV[i], '|', 1, true) - 1))
+end
+local ttl = redis.call('PTTL', JOBP .. job)
+if ttl > 0 then redis.call('PEXPIRE', pending, ttl) end
+redis.call('HINCRBY', P .. 'queued', job, items)
+if redis.call('HEXISTS', P .. 'active', job) == 0 then
+  redis.call('HSET', P .. 'active', job, level .. '\\t' .. tenant)
+  -- last in the current round: each job already waiting gets one message first
+  redis.call('LPUSH', P .. 'ring:' .. level .. ':' .. tenant, job)
+  if not redis.call('ZSCORE', P .. 'tenants:' .. level, tenant) then
+    local clock = redis.call('GET', P .. 'clock:' .. level) or '0'
+    redis.call('ZADD', P .. 'tenants:' .. level, clock, tenant)
+  end
+end
+return refill()
+"""
+)
+
+# ARGV: common (7), job id. Drops a job's pending messages (it was cancelled). Returns 1 if it
+# had any.
+DROP = (
+    _COMMON
+    + """
+local job = ARGV[8]
+local where = redis.call('HGET', P .. 'active', job)
+if not where then
+  redis.call('DEL', P .. 'pending:' .. job)
+  return 0
+end
+local tab = string.find(where, '\\t', 1, true)
+retire(string.sub(where, 1, tab - 1), string.sub(where, tab + 1), job)
+return 1
+"""
+)
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """A job with messages not yet in the Celery queue."""
+
+    job_id: str
+    priority: Priority
+    tenant: str
+    items: int  # items in its pending messages
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """What waits on one queue: pending jobs, and messages ready in the Celery queue."""
+
+    jobs: list[PendingJob]
+    ready_messages: int  # in the Celery queue, for the next worker that takes one
+
+    def items_at(self, priority: Priority, tenant: str | None = None) -> int:
+        return sum(
+            j.items
+            for j in self.jobs
+            if j.priority is priority and (tenant is None or j.tenant == tenant)
+        )
+
+    def pending_items(self, job_id: str) -> int:
+        """``job_id``'s items not yet handed to the Celery queue."""
+        return sum(j.items for j in self.jobs if j.job_id == job_id)
+
+    def ahead_of(self, job_id: str) -> int | None:
+        """Items pending at a more urgent level than ``job_id``'s (they go first); None when
+        the job has nothing pending."""
+        mine = next((j for j in self.jobs if j.job_id == job_id), None)
+        if mine is None:
+            return None
+        return sum(j.items for j in self.jobs if j.priority.rank < mine.priority.rank)
+
+
+class Feeder:
+    """Stages jobs' messages and refills one Celery queue from them (see the module doc)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.redis = client
+        self.queue = settings.queue
+        self._prefix = keyspace.sched_prefix(settings.queue)
+        self._lists = keyspace.celery_queue_lists(settings.queue)
+        self._common = [
+            self._prefix,
+            *self._lists,
+            keyspace.job_prefix(),
+            keyspace.tenant_prefix(),
+            str(settings.feed_depth),
+            str(settings.starve_after_messages),
+        ]
+        self._refill = client.register_script(REFILL)
+        self._stage = client.register_script(STAGE)
+        self._drop = client.register_script(DROP)
+
+    def stage(
+        self,
+        job_id: str,
+        priority: Priority,
+        tenant: str,
+        batch: int,
+        entries: Sequence[tuple[int, str]],
+    ) -> bool:
+        """Append ``entries`` ((items, kombu payload) of the job's next messages) to the job's
+        pending list and refill; False when the job was cancelled meanwhile (nothing staged).
+
+        ``batch`` numbers the job's stagings from 1: one already staged is not staged again."""
+        args = [*self._common, job_id, priority.value, tenant, str(batch)]
+        args += [f"{items}|{payload}" for items, payload in entries]
+        return int(self._stage(args=args)) >= 0
+
+    def refill(self) -> int:
+        """Top the Celery queue up to GENQ_FEED_DEPTH messages in fair order; returns the
+        messages moved."""
+        return int(self._refill(args=self._common))
+
+    def drop(self, job_id: str) -> bool:
+        """Drop a job's pending messages (it was cancelled): they will never be queued."""
+        return bool(self._drop(args=[*self._common, job_id]))
+
+    def view(self) -> QueueView:
+        """Every job with pending messages, and the messages ready in the Celery queue."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self._prefix + "active")
+            pipe.hgetall(self._prefix + "queued")
+            for key in self._lists:
+                pipe.llen(key)
+            active, queued, *lengths = pipe.execute()
+        ready = sum(lengths)
+        jobs: list[PendingJob] = []
+        for job_id, where in active.items():
+            level, _, tenant = _text(where).partition("\t")
+            try:
+                priority = Priority(level)
+            except ValueError:  # written by another version: not ours to show
+                continue
+            items = int(queued.get(job_id, 0))
+            jobs.append(PendingJob(_text(job_id), priority, tenant, max(items, 0)))
+        jobs.sort(key=lambda j: (j.priority.rank, j.tenant, j.job_id))
+        return QueueView(jobs, int(ready))
+
+
+def write_policy(client: redis.Redis, tenant: str, policy: TenantPolicy) -> None:
+    """Set ``tenant``'s weight and quotas (read by every producer and every refill)."""
+    key = keyspace.tenant_policy(tenant)
+    fields = {k: str(v) for k, v in policy.model_dump(exclude_none=True).items()}
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.sadd(keyspace.tenant_policies(), tenant)
+        pipe.execute()
+
+
+def remove_policy(client: redis.Redis, tenant: str) -> None:
+    """Back to the defaults for ``tenant``: weight 1, no quotas."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(keyspace.tenant_policy(tenant))
+        pipe.srem(keyspace.tenant_policies(), tenant)
+        pipe.execute()
+
+
+def read_policies(client: redis.Redis) -> dict[str, TenantPolicy]:
+    """Every tenant that has a policy, by name."""
+    names = sorted(_text(n) for n in client.smembers(keyspace.tenant_policies()))  # type: ignore[union-attr]
+    with client.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.hgetall(keyspace.tenant_policy(name))
+        rows = pipe.execute()
+    policies = {}
+    for name, row in zip(names, rows, strict=True):
+        fields = {_text(k): _text(v) for k, v in row.items()}
+        policies[name] = TenantPolicy(
+            weight=float(fields.get("weight", 1)),
+            max_queued_items=int(fields["max_queued_items"])
+            if "max_queued_items" in fields
+            else None,
+            max_jobs_in_progress=int(fields["max_jobs_in_progress"])
+            if "max_jobs_in_progress" in fields
+            else None,
+        )
+    return policies
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """What a tenant's quotas count now."""
+
+    jobs_in_progress: int
+    queued_items: int  # items not yet done in those jobs
+
+
+def read_usage(client: redis.Redis, tenant: str) -> TenantUsage:
+    """The tenant's unfinished jobs and their items not yet done (what its quotas count)."""
+    ids = [_text(i) for i in client.smembers(keyspace.tenant_unfinished(tenant))]  # type: ignore[union-attr]
+    with client.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hmget(keyspace.job(job_id), "status", "total", "completed", "failed")
+        rows = pipe.execute()
+    jobs = items = 0
+    for status, total, completed, failed in rows:
+        if status is None or _text(status) in {s.value for s in TERMINAL}:
+            continue
+        jobs += 1
+        items += int(total) - int(completed or 0) - int(failed or 0)
+    return TenantUsage(jobs, items)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+__all__ = ["PRIORITIES", "Feeder", "PendingJob", "QueueView"]
