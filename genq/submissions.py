@@ -181,11 +181,7 @@ class SubmissionStore(JobStore):
             status = self.redis.hget(keyspace.job(earlier_id), "status") if earlier_id else None
             if status is not None and status != JobStatus.FAILED.value:
                 if earlier_fingerprint != fingerprint:
-                    raise IdempotencyConflictError(
-                        f"idempotency key already used for job {earlier_id}, whose items or "
-                        "options differ from this submit's; use a new key for a different job "
-                        "(or submit exactly the same content to get that job's id back)"
-                    )
+                    raise IdempotencyConflictError(_conflict_message(earlier_id))
                 return earlier_id
             args: list[str | int] = [existing, binding, self.unfinished_ttl_s]
             if self._compare_and_set(keys=[name], args=args):
@@ -195,18 +191,20 @@ class SubmissionStore(JobStore):
         )
 
     def bound_job(self, key: str, fingerprint: str) -> str | None:
-        """The live job ``key`` is bound to, if its content is ``fingerprint``: a retried
-        submit gets it back before anything is written (a quota would refuse a new record).
-        Anything else (no binding, other content, a job gone or failed) is for
-        :meth:`claim_idempotency_key` to decide."""
+        """The live job ``key`` is bound to, looked at before anything is written (a quota
+        would refuse a new record): its id if its content is ``fingerprint`` (a retried
+        submit), :class:`IdempotencyConflictError` if it is not. None when the key is free,
+        or bound to a job gone or failed: :meth:`claim_idempotency_key` decides then."""
         existing: str | None = self.redis.get(keyspace.idempotency(key))  # type: ignore[assignment]
         if existing is None:
             return None
         earlier_fingerprint, _, earlier_id = existing.rpartition(" ")
-        if earlier_fingerprint != fingerprint or not earlier_id:
+        status = self.redis.hget(keyspace.job(earlier_id), "status") if earlier_id else None
+        if status in (None, JobStatus.FAILED.value):
             return None
-        status = self.redis.hget(keyspace.job(earlier_id), "status")
-        return earlier_id if status not in (None, JobStatus.FAILED.value) else None
+        if earlier_fingerprint != fingerprint:
+            raise IdempotencyConflictError(_conflict_message(earlier_id))
+        return earlier_id
 
     def discard_job(self, job_id: str, tenant: str) -> None:
         """Delete a job that was never enqueued (its submit lost the idempotency key)."""
@@ -310,6 +308,14 @@ class SubmissionStore(JobStore):
         if total is None:
             self.get(job_id)  # raises JobNotFoundError
         return [ItemResult.model_validate_json(v) for v in values if v is not None]
+
+
+def _conflict_message(earlier_id: str) -> str:
+    return (
+        f"idempotency key already used for job {earlier_id}, whose items or options differ "
+        "from this submit's; use a new key for a different job (or submit exactly the same "
+        "content to get that job's id back)"
+    )
 
 
 def _quota_message(job: NewJob, what: str, used: int, limit: int) -> str:

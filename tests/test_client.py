@@ -167,3 +167,33 @@ def test_a_retried_submit_at_a_quota_gets_its_job_back_and_a_new_job_is_refused(
         assert idle.tenant_usage(tenant).jobs_in_progress == 0
     finally:
         idle.set_tenant_policy(tenant, None)
+
+
+def test_at_a_quota_a_reused_key_for_other_content_is_a_conflict_not_a_quota(
+    client: Client,
+) -> None:
+    from genq.errors import QuotaExceededError
+    from genq.schema import TenantPolicy
+
+    tenant = f"quota-conflict-{time.time_ns()}"
+    idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
+    idle.set_tenant_policy(tenant, TenantPolicy(max_jobs_in_progress=1))
+    try:
+        key = f"conflict-at-quota-{time.time_ns()}"
+        idle.submit(["a"], idempotency_key=key, tenant=tenant)
+        with pytest.raises(IdempotencyConflictError):  # permanent: no point retrying later
+            idle.submit(["other"], idempotency_key=key, tenant=tenant)
+        with pytest.raises(QuotaExceededError):
+            idle.submit(["other"], idempotency_key=key + "-new", tenant=tenant)
+    finally:
+        idle.set_tenant_policy(tenant, None)
+
+
+def test_idempotency_keys_are_each_tenants_own(client: Client) -> None:
+    idle = Client(settings=client.settings.model_copy(update={"queue": "nobody-reads-this"}))
+    key = f"shared-key-{time.time_ns()}"
+    first = idle.submit(["a"], idempotency_key=key, tenant="tenant-one")
+    second = idle.submit(["a"], idempotency_key=key, tenant="tenant-two")
+    assert first != second
+    assert idle.status(second).tenant == "tenant-two"
+    assert idle.submit(["a"], idempotency_key=key, tenant="tenant-one") == first

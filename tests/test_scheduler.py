@@ -291,3 +291,31 @@ def test_a_deferred_retry_is_counted_as_pending_and_marked_deferred() -> None:
     scheduler.retry_later([item])
     assert (scheduler.pending(), item.status) == (1, ItemStatus.DEFERRED)
     assert scheduler.take(1, lambda _: True, wait=False) == []  # it waits out its backoff
+
+
+@pytest.mark.parametrize("priority", [Priority.HIGH, Priority.NORMAL, Priority.LOW])
+def test_a_stream_of_one_item_urgent_jobs_never_holds_a_buffered_message_forever(
+    priority: Priority,
+) -> None:
+    scheduler = Scheduler(8, 10**9, 1, FairOrder(aging_s=0.01))
+    params = GenerationParams()
+    acked: list[str] = []
+
+    def deliver(job: str, n: int, level: Priority) -> None:
+        delivery = Delivery(f"tag-{job}", job, n, lambda: acked.append(job), priority=level)
+        items = [WorkItem(index=i, custom_id=str(i), prompt="p", params=params) for i in range(n)]
+        scheduler.add(delivery, [Prepared(job, 0.0, item, [1], 4) for item in items])
+
+    deliver("big", 16, priority)
+    newcomers = 0
+    for _ in range(200):  # single /v1/completions requests keep the pool full
+        while scheduler.pending() < 16:
+            newcomers += 1
+            deliver(f"one-{newcomers}", 1, Priority.HIGH)
+        batch = scheduler.next_batch()
+        assert batch is not None
+        time.sleep(0.001)
+        scheduler.complete(batch)
+        if "big" in acked:
+            break
+    assert "big" in acked

@@ -14,13 +14,12 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 from celery import Celery
 
 from genq import keyspace
-from genq.broker import GENERATE_TASK, celery_app
 from genq.connection import connect, explain_redis_error
 from genq.errors import (
     BrokerUnavailableError,
@@ -40,8 +39,7 @@ from genq.feeder import (
     remove_policy,
     write_policy,
 )
-from genq.keyspace import OTHER_MESSAGE_PRIORITY, URGENT_MESSAGE_PRIORITY
-from genq.producer.staging import StagingTransport
+from genq.producer.staging import Sender
 from genq.producer.validation import ItemInput, ParamsInput, validate_job, with_job_options
 from genq.schema import (
     DeadLetter,
@@ -51,12 +49,10 @@ from genq.schema import (
     Priority,
     TenantPolicy,
     WorkerInfo,
-    items_in_message,
 )
 from genq.settings import (
     DEFAULT_POLL_INTERVAL_S,
     DURABLE_SUBMIT_TIMEOUT_S,
-    FEED_BATCH_MESSAGES,
     WAIT_OUTAGE_TOLERANCE_S,
     Settings,
 )
@@ -101,7 +97,7 @@ class Client:
             self.settings.result_ttl_s,
             self.settings.unfinished_ttl_s,
         )
-        self._celery: Celery | None = None
+        self._sender: Sender | None = None
         self._feeder: Feeder | None = None
 
     # --- submission -----------------------------------------------------------------------
@@ -164,7 +160,11 @@ class Client:
         messages = spec.messages(job_id, time.time(), self.settings.chunk_size, job.priority)
         claim = None
         if spec.idempotency_key is not None:
-            claim = (spec.idempotency_key, spec.fingerprint())
+            # Keys are each tenant's own: another tenant's equal key names another job.
+            key = spec.idempotency_key
+            if job.record_fields.get("tenant"):
+                key = f"{job.tenant}\0{key}"
+            claim = (key, spec.fingerprint())
         return self.enqueue(job_id, job, messages, claim)
 
     def enqueue(
@@ -200,10 +200,7 @@ class Client:
                 self._guard(lambda: self.store.discard_job(job_id, job.tenant))
                 return earlier
         try:
-            if self.settings.scheduling == "fifo":
-                self._send(messages)
-            else:
-                self._stage(job_id, job, messages)
+            self.sender.send(job_id, job, messages)
         except Exception as e:
             message = f"could not enqueue the job ({type(e).__name__}); submit it again"
             try:
@@ -215,53 +212,16 @@ class Client:
         self._guard(lambda: self.store.confirm_durable(job_id, DURABLE_SUBMIT_TIMEOUT_S))
         return job_id
 
-    def _send(self, messages: Iterable[str]) -> None:
-        """Push every message onto the Celery queue, in order (GENQ_SCHEDULING=fifo)."""
-        app = self.celery
-        with app.producer_or_acquire() as producer:
-            for body in messages:
-                self._publish(producer, body)
-
-    def _stage(self, job_id: str, job: NewJob, messages: Iterable[str]) -> None:
-        """Stage the messages on the job's pending list, FEED_BATCH_MESSAGES per round trip;
-        the fair feeder queues them (:mod:`genq.feeder`). Stops early if the job has ended
-        (cancelled while it was being sent)."""
-        app = self.celery
-        with app.producer_or_acquire() as producer, producer.channel.staging() as staged:
-            batch: list[tuple[int, str]] = []
-            # kombu's message priority picks the list a redelivered message goes back to.
-            urgent = job.priority is Priority.HIGH
-            priority = URGENT_MESSAGE_PRIORITY if urgent else OTHER_MESSAGE_PRIORITY
-            staging = 0
-            for body in messages:
-                self._publish(producer, body, priority)
-                batch.append((items_in_message(body), staged.pop()))
-                if len(batch) >= FEED_BATCH_MESSAGES:
-                    staging += 1
-                    if not self.feeder.stage(job_id, job.priority, job.tenant, staging, batch):
-                        return
-                    batch = []
-            if batch:
-                self.feeder.stage(job_id, job.priority, job.tenant, staging + 1, batch)
-
-    def _publish(self, producer: Any, body: str, priority: int = URGENT_MESSAGE_PRIORITY) -> None:
-        self.celery.send_task(
-            GENERATE_TASK,
-            args=[body],
-            queue=self.settings.queue,
-            producer=producer,
-            priority=priority,
-            # Celery repeats up to 1 KB of the arguments in a header for logs.
-            argsrepr="",
-            kwargsrepr="",
-        )
+    @property
+    def sender(self) -> Sender:
+        if self._sender is None:
+            self._sender = Sender(self.settings, self.feeder)
+        return self._sender
 
     @property
     def celery(self) -> Celery:
-        if self._celery is None:
-            self._celery = celery_app(self.settings)
-            self._celery.conf.broker_transport = StagingTransport
-        return self._celery
+        """The Celery app this client sends with (genq's broker settings)."""
+        return self.sender.celery
 
     @property
     def feeder(self) -> Feeder:

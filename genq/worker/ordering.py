@@ -73,7 +73,10 @@ class FairOrder:
     def taken(self, items: Sequence[Item]) -> None:
         if not items:
             return
-        self._served = max(self._served, max(item.turn for item in items))
+        top = max(item.turn for item in items)
+        # The clock moves on even when a batch took only newcomers at the current turn: else a
+        # stream of one-item jobs would hold every waiting job's later turns back forever.
+        self._served = top if top > self._served else self._served + 1
         # A job whose next turn is already served needs no entry: admit gives it _served.
         self._next_turn = {j: t for j, t in self._next_turn.items() if t > self._served}
 
