@@ -98,8 +98,8 @@ return {{'ok'}}
 """
 
 # KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, then (index, ok, json) triples.
-# Returns {results that were new, results refused (index outside 0..total-1)}; {-1, 0} when the
-# job no longer exists.
+# Returns {results that were new, results refused (index outside 0..total-1), then the indexes
+# of the new ones}; {-1, 0} when the job no longer exists.
 RECORD = (
     _NOTIFY
     + _VALID_INDEX
@@ -108,11 +108,13 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
 local terminal = {_TERMINAL}
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 local new_ok, new_failed, refused = 0, 0, 0
+local added = {{}}
 for i = 3, #ARGV, 3 do
   if not valid_index(ARGV[i], total) then
     refused = refused + 1
   elseif redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then
     if ARGV[i + 1] == '1' then new_ok = new_ok + 1 else new_failed = new_failed + 1 end
+    table.insert(added, ARGV[i])
   end
 end
 local completed = redis.call('HINCRBY', KEYS[1], 'completed', new_ok)
@@ -138,7 +140,9 @@ else
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
-return {{new_ok + new_failed, refused}}
+local reply = {{new_ok + new_failed, refused}}
+for _, index in ipairs(added) do table.insert(reply, index) end
+return reply
 """
 )
 

@@ -203,6 +203,8 @@ class Settings(BaseSettings):
     # The null engine sleeps this long per batch, as a GPU-bound worker would spend on a
     # forward pass: scheduling and scaling measured without a model.
     null_batch_ms: int = Field(0, ge=0, le=600_000)
+    # Workers serve Prometheus metrics on this port (0: a free one, logged); unset: none.
+    metrics_port: int | None = Field(None, ge=0, le=65_535)
     # Reliability drills only: a JSON fault plan (genq/worker/engines/faults.py) that makes the
     # engine fail for chosen items. Never set it in production.
     faults: str | None = None

@@ -103,6 +103,27 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         ``batch``, when given, adds the batch to its worker's counters in the same round trip.
         Returns, per job, how many results were new (-1 when the job no longer exists).
         """
+        return {
+            job: len(new) if new is not None else -1
+            for job, new in self._write(results_by_job, batch).items()
+        }
+
+    def record_new(
+        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None = None
+    ) -> list[ItemResult]:
+        """:meth:`record`, returning the results that were stored (not those an earlier
+        delivery had written already): what a worker's metrics count, exactly once."""
+        stored: list[ItemResult] = []
+        for job_id, new in self._write(results_by_job, batch).items():
+            if new:
+                indexes = set(new)
+                stored += [r for r in results_by_job[job_id] if r.index in indexes]
+        return stored
+
+    def _write(
+        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None
+    ) -> dict[str, list[int] | None]:
+        """Per job, the indexes whose results were new (None: the job no longer exists)."""
         now = repr(time.time())
         jobs = [j for j, rs in results_by_job.items() if rs]
         with self.redis.pipeline(transaction=False) as pipe:
@@ -115,13 +136,14 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
                 keys = job_keys(job_id)
                 self._record(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
-        counts: dict[str, int] = {}
-        for job_id, (new, refused) in zip(jobs, replies[-len(jobs) :] if jobs else [], strict=True):
+        written: dict[str, list[int] | None] = {}
+        for job_id, reply in zip(jobs, replies[-len(jobs) :] if jobs else [], strict=True):
+            new, refused, *indexes = reply
             if int(refused):
                 # The worker checks every index when it admits a message; this is the last line.
                 log.error("job %s: %d result(s) refused: index outside the job", job_id, refused)
-            counts[job_id] = int(new)
-        return counts
+            written[job_id] = None if int(new) < 0 else [int(i) for i in indexes]
+        return written
 
 
 def as_text(value: bytes | str | int) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
 
 from genq import __version__
 from genq.api import batches, completions, files, jobs
@@ -20,6 +21,7 @@ from genq.api.context import ApiContext
 from genq.api.errors import install_handlers
 from genq.api.events import JobEvents
 from genq.api.gate import RequestGate
+from genq.api.metrics import ApiMetrics, RequestMetrics
 from genq.api.responses import ApiResponse
 from genq.api.tenants import load_tenants
 from genq.api.webhooks import WebhookSender
@@ -55,9 +57,14 @@ def create_app(settings: Settings) -> FastAPI:
         description="Batch text generation: the OpenAI Batch API and genq's own jobs.",
     )
     app.state.genq = ctx
+    metrics = ApiMetrics()
     install_handlers(app)
     for module in (files, batches, completions, jobs):
         app.include_router(module.router)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this API process")
+    def prometheus() -> Response:
+        return metrics.response()
 
     @app.get("/healthz", tags=["health"], summary="The process is up")
     def healthz() -> dict[str, str]:
@@ -80,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
         return ApiResponse(body, 200 if ready else 503)
 
     app.add_middleware(RequestGate, tenants=ctx.tenants, settings=settings)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: refusals count too
     return app
 
 

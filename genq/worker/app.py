@@ -40,6 +40,7 @@ from genq.worker.flow import FlowControl, Heartbeat
 from genq.worker.guard import DeadLetters, guarded_consumer, guarded_transport, message_text
 from genq.worker.item import Delivery
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
+from genq.worker.metrics import WorkerMetrics
 from genq.worker.ordering import policy_for
 from genq.worker.runner import BatchRunner
 from genq.worker.scheduler import Scheduler
@@ -251,7 +252,10 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     check_redis(store, settings.redis_url)
     engine: Engine = load_engine(settings)
     worker_id = new_worker_id()
-    runner = BatchRunner(engine, store, settings, worker_id)
+    metrics = WorkerMetrics()
+    if settings.metrics_port is not None:
+        metrics.serve(settings.metrics_port)
+    runner = BatchRunner(engine, store, settings, worker_id, metrics)
     scheduler = Scheduler(
         settings.max_batch_size,
         settings.resolved_max_batch_tokens(engine.device),
@@ -279,11 +283,12 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         started_at=utcnow(),
         last_seen=utcnow(),
     )
-    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow, feeder)
+    heartbeat = Heartbeat(store, info, settings.heartbeat_s, scheduler, flow, feeder, metrics)
 
     def on_ready(**_: Any) -> None:
         store.register_worker(info, settings.heartbeat_s)
         heartbeat.start()
+        metrics.up.set(1)
         log.warning(
             "genq worker %s ready: engine=%s model=%s device=%s max_batch_size=%d",
             worker_id,
@@ -317,6 +322,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         # worker_main swallows the exit status Celery's worker ends with: read it below.
         app.worker_main(argv)
     finally:
+        metrics.up.set(0)
         heartbeat.stop()
         if heartbeat.is_alive():
             heartbeat.join(5)

@@ -12,8 +12,9 @@ import redis
 
 from genq.feeder import Feeder
 from genq.leases import Leases
-from genq.schema import WorkerInfo
+from genq.schema import PRIORITIES, WorkerInfo
 from genq.settings import CONSUMER_STALL_S
+from genq.worker.metrics import WorkerMetrics
 from genq.worker.scheduler import Scheduler
 from genq.worker.work_store import WorkStore
 
@@ -102,9 +103,11 @@ class Heartbeat(threading.Thread):
         scheduler: Scheduler,
         flow: FlowControl,
         feeder: Feeder,
+        metrics: WorkerMetrics,
     ) -> None:
         super().__init__(name="genq-heartbeat", daemon=True)
         self.feeder = feeder
+        self.metrics = metrics
         self.queue = feeder.queue
         self.leases = Leases(store.redis)
         self.store = store
@@ -140,6 +143,10 @@ class Heartbeat(threading.Thread):
         # Workers refill as they take messages; this covers a queue that drained while no
         # message was taken (a producer that died between staging and its own refill).
         self.feeder.refill()
+        view = self.feeder.view()
+        for priority in PRIORITIES:
+            self.metrics.queue_depth.labels(priority.value).set(view.items_at(priority))
+        self.metrics.in_flight.set(self.scheduler.unfinished_items())
         queued = self.store.queue_length(self.queue)
         if self.flow.stalled(queued):
             log.warning(

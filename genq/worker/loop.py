@@ -181,6 +181,7 @@ class EngineLoop(threading.Thread):
             self._rerun(failed)
             return
         self.runner.batch_done()
+        self.runner.metrics.kv(decoder.projected_tokens(), self.runner.budget)
         if not done:
             return
         finished = [(running.pop(p), generation) for p, generation in done]

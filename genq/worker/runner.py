@@ -35,10 +35,11 @@ from genq.schema import (
     chat_transcript,
 )
 from genq.settings import OOM_RECOVERY_BATCHES, Settings
-from genq.worker.batching import plan_batches
+from genq.worker.batching import batch_cost, plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
 from genq.worker.engines.chat import ChatTemplateError, NoChatTemplate
 from genq.worker.item import Delivery, Item
+from genq.worker.metrics import WorkerMetrics
 from genq.worker.work_store import WorkStore
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,17 @@ class ItemRejected(Exception):
 class BatchRunner:
     """Prepares work items for an engine, runs batches, and records every result."""
 
-    def __init__(self, engine: Engine, store: WorkStore, settings: Settings, worker_id: str):
+    def __init__(
+        self,
+        engine: Engine,
+        store: WorkStore,
+        settings: Settings,
+        worker_id: str,
+        metrics: WorkerMetrics | None = None,
+    ):
         self.engine = engine
         self.store = store
+        self.metrics = metrics or WorkerMetrics()
         self.settings = settings
         self.worker_id = worker_id
         self.configured_budget = settings.resolved_max_batch_tokens(engine.device)
@@ -115,7 +124,7 @@ class BatchRunner:
                 result.error = e.error
                 rejected.append(result)
         if rejected:
-            self.store.record({chunk.job_id: rejected})
+            self._record({chunk.job_id: rejected})
         return ready
 
     def _check_limits(self, chunk: WorkChunk) -> None:
@@ -192,7 +201,7 @@ class BatchRunner:
             prepared.job_id,
             starts,
         )
-        self.store.record({prepared.job_id: [result]})
+        self._record({prepared.job_id: [result]})
 
     def _record_expired(self, job_id: str, enqueued_at: float, items: Sequence[WorkItem]) -> None:
         if not items:
@@ -206,7 +215,7 @@ class BatchRunner:
                 message="the job's deadline (expires_in_s) passed before this item was generated",
             )
             results.append(result)
-        self.store.record({job_id: results})
+        self._record({job_id: results})
 
     def process(self, chunks: Sequence[WorkChunk]) -> None:
         """Admit and run ``chunks`` synchronously, retries included (no backoff)."""
@@ -252,7 +261,14 @@ class BatchRunner:
         for item, generation in done:
             tokens += generation.completion_tokens
             by_job[item.job_id].append(self._completed(item, generation, rows))
-        self.store.record(by_job, BatchStats(self.worker_id, rows, len(done), tokens))
+        self._record(by_job, BatchStats(self.worker_id, rows, len(done), tokens))
+        self.metrics.batch(rows, tokens)
+
+    def _record(
+        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None = None
+    ) -> None:
+        """Write results (first write wins) and count in the metrics the ones written."""
+        self.metrics.results(self.store.record_new(results_by_job, batch))
 
     def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
         ids = self.engine.encode(self._text(item))
@@ -323,7 +339,9 @@ class BatchRunner:
         for item, generation in zip(batch, generations, strict=True):
             tokens += generation.completion_tokens
             by_job[item.job_id].append(self._completed(item, generation, rows))
-        self.store.record(by_job, BatchStats(self.worker_id, rows, len(batch), tokens))
+        self._record(by_job, BatchStats(self.worker_id, rows, len(batch), tokens))
+        self.metrics.batch(rows, tokens)
+        self.metrics.kv(batch_cost(prepared), self.budget)
         return []
 
     def _failed(self, item: Item, error: Exception, oom: bool) -> list[Item]:
@@ -358,7 +376,7 @@ class BatchRunner:
             message=f"{type(error).__name__}: {error} (after {attempts} attempts)",
         )
         result.usage = Usage(prompt_tokens=len(prepared.prompt_ids))
-        self.store.record({prepared.job_id: [result]})
+        self._record({prepared.job_id: [result]})
         return []
 
     def _completed(self, item: Item, generation: Generation, rows: int) -> ItemResult:

@@ -89,6 +89,11 @@ class Scheduler:
         with self._cond:
             return len(self._held)
 
+    def unfinished_items(self) -> int:
+        """Items of the messages held that have not ended (waiting or in a batch)."""
+        with self._cond:
+            return sum(delivery.remaining for delivery in self._held.values())
+
     def held_tags(self) -> list[str]:
         """Delivery tags of the messages held, whose leases the heartbeat renews."""
         with self._cond:

@@ -1,0 +1,109 @@
+"""A worker's Prometheus metrics, served on ``/metrics`` at GENQ_METRICS_PORT (off when unset;
+0 picks a free port, which the worker logs).
+
+Counts are exact: items and tokens are counted from the results the store actually wrote
+(:meth:`JobStore.record_new`), so a redelivered message counts nothing twice, and the workers'
+``genq_items_completed_total`` summed is the jobs' completed items. Labels are bounded: an
+error type, a priority, never a prompt, a job id or a tenant.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from genq.schema import PRIORITIES, ItemResult
+
+log = logging.getLogger("genq.worker")
+
+_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+_TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+class WorkerMetrics:
+    """The metrics of one worker process, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.completed = Counter(
+            "genq_items_completed", "Items that ended with outputs.", registry=r
+        )
+        self.failed = Counter(
+            "genq_items_failed", "Items that ended with an error.", ["error_type"], registry=r
+        )
+        self.generated_tokens = Counter(
+            "genq_generated_tokens", "Tokens generated, over the results written.", registry=r
+        )
+        self.prompt_tokens = Counter(
+            "genq_prompt_tokens", "Prompt tokens of the results written.", registry=r
+        )
+        self.batch_size = Histogram(
+            "genq_batch_size", "Sequences per forward-pass batch.", buckets=_SIZES, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "genq_batch_tokens", "Tokens a batch generated.", buckets=_TOKENS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "genq_queue_wait_seconds",
+            "From a job's enqueueing to an item's start.",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.generation = Histogram(
+            "genq_generation_seconds",
+            "From an item's start to its result.",
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "genq_queue_depth",
+            "Items waiting to be handed to workers, by priority (this worker's queue).",
+            ["priority"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "genq_items_in_flight", "Items this worker holds that have not ended.", registry=r
+        )
+        self.up = Gauge("genq_worker_up", "1 while the worker serves its queue.", registry=r)
+        self.kv_used = Gauge(
+            "genq_kv_budget_used_ratio",
+            "Padded tokens of the last batch over the worker's batch token budget.",
+            registry=r,
+        )
+        for priority in PRIORITIES:
+            self.queue_depth.labels(priority.value)
+
+    def serve(self, port: int) -> int:
+        """Serve ``/metrics`` on ``port`` (0: a free one); returns the port."""
+        server, _ = start_http_server(port, registry=self.registry)
+        bound = int(server.server_port)
+        log.warning("metrics on http://0.0.0.0:%d/metrics", bound)
+        return bound
+
+    def results(self, stored: Sequence[ItemResult]) -> None:
+        """Count results the store wrote (each once)."""
+        for result in stored:
+            if result.error is None:
+                self.completed.inc()
+            else:
+                self.failed.labels(result.error.type).inc()
+            if result.usage is not None:
+                self.generated_tokens.inc(result.usage.completion_tokens)
+                self.prompt_tokens.inc(result.usage.prompt_tokens)
+            timing = result.timing
+            if timing is not None and result.error is None:
+                self.queue_wait.observe(max(timing.started_at - timing.enqueued_at, 0.0))
+                self.generation.observe(max(timing.finished_at - timing.started_at, 0.0))
+
+    def batch(self, rows: int, tokens: int) -> None:
+        """A static batch ended, or items of a continuous batch of ``rows`` rows did."""
+        self.batch_size.observe(rows)
+        self.batch_tokens.observe(tokens)
+
+    def kv(self, padded_tokens: int, budget: int) -> None:
+        """The batch holds (or will reach) ``padded_tokens`` of the ``budget``."""
+        self.kv_used.set(padded_tokens / budget if budget else 0.0)
