@@ -115,9 +115,11 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         delivery had written already): what a worker's metrics count, exactly once."""
         stored: list[ItemResult] = []
         for job_id, new in self._write(results_by_job, batch).items():
-            if new:
-                indexes = set(new)
-                stored += [r for r in results_by_job[job_id] if r.index in indexes]
+            left = set(new or ())
+            for result in results_by_job[job_id]:
+                if result.index in left:  # the first of two copies is the one written
+                    left.discard(result.index)
+                    stored.append(result)
         return stored
 
     def _write(

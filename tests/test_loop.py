@@ -11,7 +11,7 @@ import redis
 
 from genq.connection import connect
 from genq.producer.client import Client
-from genq.schema import Priority, WorkChunk
+from genq.schema import ItemResult, Priority, WorkChunk
 from genq.settings import Settings
 from genq.submissions import NewJob, SubmissionStore
 from genq.worker.engines.base import Generation, Prepared
@@ -68,12 +68,14 @@ class FlakyStore(SubmissionStore, WorkStore):
     def __init__(self, failures: int, *args: Any) -> None:
         super().__init__(*args)
         self.failures = failures
+        self.blips = 0
 
-    def record(self, *args: Any, **kwargs: Any) -> dict[str, int]:
+    def record_new(self, *args: Any, **kwargs: Any) -> list[ItemResult]:
         if self.failures > 0:
             self.failures -= 1
+            self.blips += 1
             raise redis.exceptions.ConnectionError("simulated blip")
-        return super().record(*args, **kwargs)
+        return super().record_new(*args, **kwargs)
 
 
 def test_results_held_through_a_failed_write_are_written_without_new_work(
@@ -101,6 +103,7 @@ def test_results_held_through_a_failed_write_are_written_without_new_work(
         info = store.get(job_id)
         assert (info.status.value, info.completed) == ("completed", 2)
         assert engine.made.generated == 2  # written once Redis answered, not generated again
+        assert store.blips == 1  # the write did fail once
     finally:
         scheduler.close()
         loop.join(10)

@@ -280,3 +280,12 @@ def test_a_worker_record_lost_in_an_outage_comes_back_with_its_counters(store: S
     (listed,) = [w for w in store.workers(1.0) if w.id == info.id]
     assert (listed.batches, listed.items, listed.tokens) == (1, 2, 20)
     assert listed.batch_sizes == {4: 1, 2: 1}
+
+
+def test_record_new_returns_only_the_results_it_wrote_each_once(store: Store) -> None:
+    job_id = make_job(store, 3)
+    store.record({job_id: [result(0, "earlier")]})
+    first, copy = result(1, "first"), result(1, "copy")
+    stored = store.record_new({job_id: [result(0, "again"), first, copy, result(2)]})
+    assert [(r.index, r.outputs) for r in stored] == [(1, ["first"]), (2, ["out"])]
+    assert store.results(job_id)[1].outputs == ["first"]

@@ -143,10 +143,6 @@ class Heartbeat(threading.Thread):
         # Workers refill as they take messages; this covers a queue that drained while no
         # message was taken (a producer that died between staging and its own refill).
         self.feeder.refill()
-        view = self.feeder.view()
-        for priority in PRIORITIES:
-            self.metrics.queue_depth.labels(priority.value).set(view.items_at(priority))
-        self.metrics.in_flight.set(self.scheduler.unfinished_items())
         queued = self.store.queue_length(self.queue)
         if self.flow.stalled(queued):
             log.warning(
@@ -156,6 +152,10 @@ class Heartbeat(threading.Thread):
                 queued,
             )
             self.flow.reconnect()
+        self.metrics.in_flight.set(self.scheduler.unfinished_items())
+        view = self.feeder.view()  # last: what a beat must do does not wait on a gauge
+        for priority in PRIORITIES:
+            self.metrics.queue_depth.labels(priority.value).set(view.items_at(priority))
 
     def stop(self) -> None:
         self.stopped.set()

@@ -42,7 +42,11 @@ class WorkerMetrics:
             "genq_prompt_tokens", "Prompt tokens of the results written.", registry=r
         )
         self.batch_size = Histogram(
-            "genq_batch_size", "Sequences per forward-pass batch.", buckets=_SIZES, registry=r
+            "genq_batch_size",
+            "Sequences per static batch; for continuous batching, rows in the batch when "
+            "items finish.",
+            buckets=_SIZES,
+            registry=r,
         )
         self.batch_tokens = Histogram(
             "genq_batch_tokens", "Tokens a batch generated.", buckets=_TOKENS, registry=r
@@ -61,7 +65,8 @@ class WorkerMetrics:
         )
         self.queue_depth = Gauge(
             "genq_queue_depth",
-            "Items waiting to be handed to workers, by priority (this worker's queue).",
+            "Items waiting to be handed to workers, by priority: the whole queue's, the same "
+            "on every worker of it (take the max across workers, not the sum).",
             ["priority"],
             registry=r,
         )
