@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import redis
 
 from genq import keyspace
-from genq.schema import PRIORITIES, TERMINAL, Priority, TenantPolicy
+from genq.schema import TERMINAL, JobStatus, Priority, TenantPolicy
 from genq.settings import Settings
+from genq.store import as_text
 
 # Every key below is built from ARGV[1] (keyspace.sched_prefix), ARGV[4] (job_prefix) and
 # ARGV[5] (tenant_prefix): which job's list is read next is known only inside the script, and
@@ -316,13 +317,13 @@ class Feeder:
         ready = sum(lengths)
         jobs: list[PendingJob] = []
         for job_id, where in active.items():
-            level, _, tenant = _text(where).partition("\t")
+            level, _, tenant = as_text(where).partition("\t")
             try:
                 priority = Priority(level)
             except ValueError:  # written by another version: not ours to show
                 continue
             items = int(queued.get(job_id, 0))
-            jobs.append(PendingJob(_text(job_id), priority, tenant, max(items, 0)))
+            jobs.append(PendingJob(as_text(job_id), priority, tenant, max(items, 0)))
         jobs.sort(key=lambda j: (j.priority.rank, j.tenant, j.job_id))
         return QueueView(jobs, int(ready))
 
@@ -348,14 +349,14 @@ def remove_policy(client: redis.Redis, tenant: str) -> None:
 
 def read_policies(client: redis.Redis) -> dict[str, TenantPolicy]:
     """Every tenant that has a policy, by name."""
-    names = sorted(_text(n) for n in client.smembers(keyspace.tenant_policies()))  # type: ignore[union-attr]
+    names = sorted(as_text(n) for n in client.smembers(keyspace.tenant_policies()))  # type: ignore[union-attr]
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hgetall(keyspace.tenant_policy(name))
         rows = pipe.execute()
     policies = {}
     for name, row in zip(names, rows, strict=True):
-        fields = {_text(k): _text(v) for k, v in row.items()}
+        fields = {as_text(k): as_text(v) for k, v in row.items()}
         policies[name] = TenantPolicy(
             weight=float(fields.get("weight", 1)),
             max_queued_items=int(fields["max_queued_items"])
@@ -378,22 +379,15 @@ class TenantUsage:
 
 def read_usage(client: redis.Redis, tenant: str) -> TenantUsage:
     """The tenant's unfinished jobs and their items not yet done (what its quotas count)."""
-    ids = [_text(i) for i in client.smembers(keyspace.tenant_unfinished(tenant))]  # type: ignore[union-attr]
+    ids = [as_text(i) for i in client.smembers(keyspace.tenant_unfinished(tenant))]  # type: ignore[union-attr]
     with client.pipeline(transaction=False) as pipe:
         for job_id in ids:
             pipe.hmget(keyspace.job(job_id), "status", "total", "completed", "failed")
         rows = pipe.execute()
     jobs = items = 0
     for status, total, completed, failed in rows:
-        if status is None or _text(status) in {s.value for s in TERMINAL}:
+        if status is None or JobStatus(as_text(status)) in TERMINAL:
             continue
         jobs += 1
         items += int(total) - int(completed or 0) - int(failed or 0)
     return TenantUsage(jobs, items)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-__all__ = ["PRIORITIES", "Feeder", "PendingJob", "QueueView"]
