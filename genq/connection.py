@@ -6,20 +6,28 @@ import re
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 import redis.connection
+import redis.sentinel
 
 from genq.errors import BrokerUnavailableError, GenqError, RedisAccessError, RedisUrlError
-from genq.settings import REDIS_SOCKET_TIMEOUT_S, redact_url
+from genq.sentinel import FORM as SENTINEL_FORM
+from genq.sentinel import SCHEME as SENTINEL_SCHEME
+from genq.sentinel import is_sentinel_url, master_client, parse_sentinel_url
+from genq.settings import REDIS_SOCKET_TIMEOUT_S, Settings, redact_url
 
 
-def explain_redis_error(error: redis.exceptions.RedisError, redis_url: str) -> GenqError | None:
+def explain_redis_error(
+    error: redis.exceptions.RedisError, redis_url: str, setting: str = "GENQ_REDIS_URL"
+) -> GenqError | None:
     """The error to show a user for ``error`` (what went wrong, what to do, no password), or
     None when it is not about reaching Redis. :class:`RedisAccessError` when it is permanent:
     wrong credentials, an unverified certificate, a database the server does not have, or a
-    server that is not Redis at all.
+    server that is not Redis at all. Messages name ``setting``, the variable that holds
+    ``redis_url`` (GENQ_REDIS_URL, the broker; GENQ_RESULTS_URL, the results store).
 
     A dropped connection is looked into (:func:`_probe`): a server that answers a PING like
     Redis, or nothing listening, is an outage (:class:`BrokerUnavailableError`, worth
@@ -27,49 +35,75 @@ def explain_redis_error(error: redis.exceptions.RedisError, redis_url: str) -> G
     Redis and never will be."""
     url = redact_url(redis_url)
     text = str(error)
+    if isinstance(error, redis.sentinel.MasterNotFoundError) and is_sentinel_url(redis_url):
+        return _no_primary(redis_url, setting)
+    sentinel = is_sentinel_url(redis_url)
     if isinstance(error, redis.exceptions.AuthenticationError) or (
         isinstance(error, redis.exceptions.ResponseError)
         and ("auth" in text.lower() or "NOPERM" in text)
     ):
         return RedisAccessError(
             f"Redis at {url} refused the credentials; check the user and password in "
-            "GENQ_REDIS_URL (characters such as # ? / @ % in them must be percent-encoded, "
+            f"{setting} (characters such as # ? / @ % in them must be percent-encoded, "
             "e.g. # as %23)"
+            + (
+                "; the URL's user:password log in to the primary, sentinel_password= (and "
+                "sentinel_username=) to the Sentinels"
+                if sentinel
+                else ""
+            )
+        )
+    if sentinel and isinstance(error, redis.exceptions.ResponseError) and "SENTINEL" in text:
+        # redis-py asks the Sentinels for the primary with SENTINEL MASTERS
+        return RedisAccessError(
+            f"a server of {setting} ({url}) is not a Redis Sentinel (it answered: "
+            f"{text[:80]}); the hosts of a sentinel:// URL are the Sentinels' (port 26379 by "
+            "default), not the Redis servers'"
         )
     if isinstance(error, redis.exceptions.ResponseError) and "db index" in text.lower():
-        return RedisAccessError(_no_such_database(redis_url))
+        return RedisAccessError(_no_such_database(redis_url, setting))
     if isinstance(error, redis.exceptions.ResponseError) and "cluster mode" in text.lower():
         return RedisAccessError(
-            f"Redis at {url} is a cluster, which has database 0 only: end GENQ_REDIS_URL with /0"
+            f"Redis at {url} is a cluster, which has database 0 only: end {setting} with /0"
         )
     if isinstance(error, redis.exceptions.ResponseError) and text.startswith("DENIED"):
         return RedisAccessError(
             f"Redis at {url} refuses clients from other hosts (protected mode: no password is "
-            "set); give it a password (requirepass) and put it in GENQ_REDIS_URL"
+            f"set); give it a password (requirepass) and put it in {setting}"
         )
     if isinstance(error, redis.exceptions.InvalidResponse):
-        return RedisAccessError(_not_redis(redis_url, "answered in a protocol other than Redis's"))
+        # What it answered instead (an HTTP server, say) makes a better message; hiredis, the
+        # C parser, raises this where the Python one drops the connection.
+        instead = _probe(redis_url) or "answered in a protocol other than Redis's"
+        return RedisAccessError(_not_redis(redis_url, instead, setting))
     if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
         tls_error = _tls_error(error)
         if tls_error is not None:
             return RedisAccessError(
                 f"TLS connection to Redis at {url} failed: {tls_error}. To trust a private CA, "
-                "add ssl_ca_certs=/path/to/ca.pem (PEM) to GENQ_REDIS_URL."
+                f"add ssl_ca_certs=/path/to/ca.pem (PEM) to {setting}."
             )
         if not isinstance(error, redis.exceptions.TimeoutError):
             answer = _probe(redis_url)
             if answer is not None:
-                return RedisAccessError(_not_redis(redis_url, answer))
+                return RedisAccessError(_not_redis(redis_url, answer, setting))
         elif redis_url.lower().startswith("rediss:") and "handshake" in _causes(error):
             # A plain Redis waits for a command and never answers a TLS hello; but a slow
             # network can time a real handshake out too, so this one is worth retrying.
             return BrokerUnavailableError(
                 f"the TLS handshake with Redis at {url} timed out: does the server speak TLS "
-                "on this port? For a Redis without TLS, begin GENQ_REDIS_URL with redis://"
+                f"on this port? For a Redis without TLS, begin {setting} with redis://"
+            )
+        if sentinel:
+            return BrokerUnavailableError(
+                f"cannot reach the primary that {parse_sentinel_url(redis_url).where} name "
+                f"({setting}: {url}): if it just failed, they promote a replica within their "
+                "down-after-milliseconds and failover time; genq keeps asking them"
             )
         return BrokerUnavailableError(
-            f"cannot reach Redis at {url}: is it running? Set GENQ_REDIS_URL (or --redis-url) "
-            "to the server genq should use."
+            f"cannot reach Redis at {url}: is it running? Set {setting}"
+            f"{' (or --redis-url)' if setting == 'GENQ_REDIS_URL' else ''} to the server genq "
+            "should use."
         )
     return None
 
@@ -154,21 +188,28 @@ def _address(options: dict[str, Any]) -> str | tuple[str, int]:
     return str(options.get("host") or "localhost"), int(options.get("port") or 6379)
 
 
-def _not_redis(redis_url: str, what: str) -> str:
+def _not_redis(redis_url: str, what: str, setting: str = "GENQ_REDIS_URL") -> str:
     """Why the server at ``redis_url`` is not Redis, and what to do."""
     address = _address(_url_options(redis_url))
     where = address if isinstance(address, str) else f"{address[0]}:{address[1]}"
     return (
         f"the server at {where} {what}: it is not a Redis server. Check the host and port in "
-        f"GENQ_REDIS_URL ({redact_url(redis_url)}); Redis listens on 6379 unless configured "
+        f"{setting} ({redact_url(redis_url)}); Redis listens on 6379 unless configured "
         "otherwise, and a TLS-only port needs rediss://"
     )
 
 
-def _no_such_database(redis_url: str) -> str:
+def _no_such_database(redis_url: str, setting: str = "GENQ_REDIS_URL") -> str:
     """What to say when the server has no database of the URL's number: how many it has when
     it tells (CONFIG GET may be denied), and which part of the URL to change."""
     url = redact_url(redis_url)
+    if is_sentinel_url(redis_url):
+        db = parse_sentinel_url(redis_url, setting).db
+        return (
+            f"Redis at {url} has no database {db} (the server's `databases` setting, 16 by "
+            f"default, sets how many there are, numbered from 0). Change the /{db} at the end "
+            f"of {setting} to an existing database, such as 0"
+        )
     options = _url_options(redis_url)
     db = options.get("db", 0)
     where = f"db={db} in" if "db=" in redis_url.partition("?")[2] else f"/{db} at the end of"
@@ -177,12 +218,71 @@ def _no_such_database(redis_url: str) -> str:
         return (
             f"Redis at {url} has no database {db} (the server's `databases` setting, 16 by "
             f"default, sets how many there are, numbered from 0). Change the {where} "
-            "GENQ_REDIS_URL to an existing database, such as 0"
+            f"{setting} to an existing database, such as 0"
         )
     return (
         f"Redis at {url} has no database {db}: it has {count} (0 to {count - 1}). Change the "
-        f"{where} GENQ_REDIS_URL to a number from 0 to {count - 1}, or raise `databases` in "
+        f"{where} {setting} to a number from 0 to {count - 1}, or raise `databases` in "
         "the server's configuration"
+    )
+
+
+def _no_primary(redis_url: str, setting: str) -> GenqError:
+    """Why the Sentinels of ``redis_url`` named no primary: none of them answers (an outage),
+    they answer but monitor no master of that name (a configuration to fix), or they know it
+    and have no healthy primary for it now (a failover under way: worth waiting out)."""
+    parsed = parse_sentinel_url(redis_url, setting)
+    url = redact_url(redis_url)
+    names: set[str] | None = None
+    for host, port in parsed.sentinels:
+        probe = redis.Redis(
+            host=host,
+            port=port,
+            decode_responses=True,
+            socket_timeout=PROBE_TIMEOUT_S,
+            socket_connect_timeout=PROBE_TIMEOUT_S,
+            **parsed.sentinel_kwargs(),
+        )
+        try:
+            masters = probe.sentinel_masters()
+            names = set(masters) if isinstance(masters, dict) else set()
+            break
+        except (redis.exceptions.ResponseError, redis.exceptions.AuthenticationError) as e:
+            login = isinstance(e, redis.exceptions.AuthenticationError)
+            if login or "auth" in str(e).lower() or "NOPERM" in str(e) or "WRONGPASS" in str(e):
+                return RedisAccessError(
+                    f"the Sentinel at {host}:{port} refused genq's login; set "
+                    f"sentinel_password= (and sentinel_username=) in {setting} ({url})"
+                )
+            return RedisAccessError(
+                f"the server at {host}:{port} is not a Redis Sentinel ({e}); the hosts of a "
+                f"sentinel:// URL are the Sentinels' ({setting}: {url})"
+            )
+        except redis.exceptions.RedisError as e:
+            tls_error = _tls_error(e)
+            if tls_error is not None:
+                return RedisAccessError(
+                    f"TLS connection to the Sentinel at {host}:{port} failed: {tls_error}. To "
+                    f"trust a private CA, add ssl_ca_certs=/path/to/ca.pem (PEM) to {setting} "
+                    f"({url})"
+                )
+            continue
+        finally:
+            probe.close()
+    if names is None:
+        return BrokerUnavailableError(
+            f"cannot reach any of {parsed.where}: are they running? Set {setting} ({url}) to "
+            "the Sentinels genq should ask"
+        )
+    if parsed.master_name not in names:
+        known = ", ".join(sorted(names)) or "none"
+        return RedisAccessError(
+            f"{parsed.where} monitor no master named {parsed.master_name!r} (they monitor: "
+            f"{known}); change the name in {setting} ({url})"
+        )
+    return BrokerUnavailableError(
+        f"{parsed.where} know no healthy primary now (a failover under way?); genq keeps "
+        f"asking ({setting}: {url})"
     )
 
 
@@ -228,39 +328,36 @@ def _tls_error(error: BaseException) -> str | None:
     return None
 
 
-def check_redis_url(redis_url: str) -> None:
+def check_redis_url(redis_url: str, setting: str = "GENQ_REDIS_URL") -> None:
     """Refuse a Redis URL whose text cannot mean what its writer meant: an unknown scheme, a
     user name or password with characters that must be percent-encoded (a URL parser would cut
     the URL there, and could connect to another host with part of the password), or a database
-    that is not a number. Raises :class:`RedisUrlError`; the password is never shown."""
+    that is not a number; a ``sentinel://`` URL that does not fit :data:`genq.sentinel.FORM`.
+    Raises :class:`RedisUrlError` naming ``setting``; the password is never shown."""
     url = redact_url(redis_url)
     scheme, sep, rest = redis_url.partition("://")
+    if sep and scheme.lower() == SENTINEL_SCHEME:
+        parse_sentinel_url(redis_url, setting)
+        return
     if not sep or scheme.lower() not in {"redis", "rediss", "unix"}:
         raise RedisUrlError(
-            f"invalid Redis URL {url!r}: expected redis://[user:password@]host:port/db "
-            "(or rediss:// for TLS)"
+            f"invalid Redis URL {url!r} in {setting}: expected "
+            "redis://[user:password@]host:port/db (rediss:// for TLS, or "
+            f"{SENTINEL_FORM} for Redis Sentinel)"
         )
-    credentials, host = _split_credentials(rest)
+    credentials, host = split_credentials(rest)
     if credentials is not None:
-        user, _, password = credentials.partition(":")
-        for part, text in (("user name", user), ("password", password)):
-            bad = _unencoded(text)
-            if bad:
-                raise RedisUrlError(
-                    f"the {part} in GENQ_REDIS_URL ({url}) holds characters that must be "
-                    f"percent-encoded in a URL: write {', '.join(bad)} (in Python: "
-                    "urllib.parse.quote(text, safe=''))"
-                )
+        check_credentials(credentials, setting, url)
     if "#" in host:
         raise RedisUrlError(
-            f"GENQ_REDIS_URL ({url}) holds a #, which ends a URL: if it is part of the "
+            f"{setting} ({url}) holds a #, which ends a URL: if it is part of the "
             "password, percent-encode it as %23"
         )
     if scheme.lower() != "unix":
         path = host.partition("?")[0].partition("/")[2].rstrip("/")
         if path and not (path.isascii() and path.isdigit()):
             raise RedisUrlError(
-                f"GENQ_REDIS_URL ({url}) ends in /{path[:20]}, which is not a database number: "
+                f"{setting} ({url}) ends in /{path[:20]}, which is not a database number: "
                 "end it with /0 (or another database)"
             )
 
@@ -271,23 +368,40 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODINGS = {"#": "%23", "?": "%3F", "/": "%2F", "@": "%40", "%": "%25"}
 
 
-def _split_credentials(rest: str) -> tuple[str | None, str]:
+def split_credentials(
+    rest: str, after: re.Pattern[str] = _AFTER_CREDENTIALS
+) -> tuple[str | None, str]:
     """``rest`` (the URL after ``scheme://``) as (user:password or None, the rest), read as
     its writer meant it even where a URL parser would not: a password holding / ? or # ends
-    the URL's host part early, so the @ that ends the credentials comes after it."""
+    the URL's host part early, so the @ that ends the credentials comes after it. ``after``
+    is what may follow the credentials (a Sentinel URL's differs)."""
     host_end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     at = rest.rfind("@", 0, host_end)
     if at >= 0:
         return rest[:at], rest[at + 1 :]
-    if "@" not in rest or _AFTER_CREDENTIALS.fullmatch(rest):
+    if "@" not in rest or after.fullmatch(rest):
         return None, rest  # no credentials (an @ in the query, a file path, is its own)
     for at in sorted((i for i, c in enumerate(rest) if c == "@"), reverse=True):
-        if _AFTER_CREDENTIALS.fullmatch(rest, at + 1):
+        if after.fullmatch(rest, at + 1):
             return rest[:at], rest[at + 1 :]
     return rest[: rest.rfind("@")], rest[rest.rfind("@") + 1 :]
 
 
-def _unencoded(text: str) -> list[str]:
+def check_credentials(credentials: str, setting: str, shown: str) -> None:
+    """Refuse a URL's ``user:password`` with characters a URL must percent-encode
+    (:class:`RedisUrlError` naming ``setting`` and the URL as ``shown``, never the password)."""
+    user, _, password = credentials.partition(":")
+    for part, text in (("user name", user), ("password", password)):
+        bad = unencoded(text)
+        if bad:
+            raise RedisUrlError(
+                f"the {part} in {setting} ({shown}) holds characters that must be "
+                f"percent-encoded in a URL: write {', '.join(bad)} (in Python: "
+                "urllib.parse.quote(text, safe=''))"
+            )
+
+
+def unencoded(text: str) -> list[str]:
     """How to write each character of ``text`` that a URL's user name or password must have
     percent-encoded ("# as %23"), in the order they first appear; [] if none."""
     found: list[str] = []
@@ -299,36 +413,43 @@ def _unencoded(text: str) -> list[str]:
     return found
 
 
-def connect(redis_url: str) -> redis.Redis:
-    """Open a Redis client for ``redis_url`` (decoded responses, retries on transient errors).
+def connect(redis_url: str, setting: str = "GENQ_REDIS_URL") -> redis.Redis:
+    """Open a Redis client for ``redis_url`` (decoded responses, retries on transient errors);
+    through its Sentinels for a ``sentinel://`` URL.
 
-    The URL's text is checked first (:func:`check_redis_url`); what the server says comes with
-    the first command, and :func:`explain_redis_error` explains it."""
-    return _open(redis_url, decode_responses=True)
+    The URL's text is checked first (:func:`check_redis_url`, its errors naming ``setting``);
+    what the server says comes with the first command, and :func:`explain_redis_error`
+    explains it."""
+    return _open(redis_url, setting, decode_responses=True)
 
 
-def connect_binary(redis_url: str) -> redis.Redis:
+def connect_binary(redis_url: str, setting: str = "GENQ_REDIS_URL") -> redis.Redis:
     """As :func:`connect`, for values that are bytes (API files: a chunk may end inside a
     UTF-8 sequence, and an upload need not be UTF-8 at all)."""
-    return _open(redis_url, decode_responses=False)
+    return _open(redis_url, setting, decode_responses=False)
 
 
-def _open(redis_url: str, decode_responses: bool) -> redis.Redis:
-    check_redis_url(redis_url)
+def _open(redis_url: str, setting: str, decode_responses: bool) -> redis.Redis:
+    check_redis_url(redis_url, setting)
+    options: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "health_check_interval": 30,
+        "socket_connect_timeout": 5,
+        "socket_timeout": REDIS_SOCKET_TIMEOUT_S,
+        "retry_on_timeout": True,
+    }
+    if is_sentinel_url(redis_url):
+        return master_client(redis_url, setting, socket_keepalive=True, **options)
     try:
         client = redis.Redis.from_url(
             redis_url,
-            decode_responses=decode_responses,
-            health_check_interval=30,
-            socket_connect_timeout=5,
-            socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-            retry_on_timeout=True,
+            **options,
             # TCP only: a Unix socket connection takes no keepalive option.
             **({} if redis_url.lower().startswith("unix:") else {"socket_keepalive": True}),
         )
     except ValueError:
         raise RedisUrlError(
-            f"invalid Redis URL {redact_url(redis_url)!r}: "
+            f"invalid Redis URL {redact_url(redis_url)!r} in {setting}: "
             "expected redis://[user:password@]host:port/db (or rediss:// for TLS)"
         ) from None
     pool = client.connection_pool
@@ -340,11 +461,77 @@ def _open(redis_url: str, decode_responses: bool) -> redis.Redis:
         option = str(e).rpartition("argument ")[2].strip("'\"")[:40]
         if option.startswith("ssl"):
             raise RedisUrlError(
-                f"GENQ_REDIS_URL ({redact_url(redis_url)}) has the TLS option {option!r}, but "
+                f"{setting} ({redact_url(redis_url)}) has the TLS option {option!r}, but "
                 "it is not a TLS URL: begin it with rediss:// (or remove the option)"
             ) from None
         raise RedisUrlError(
-            f"GENQ_REDIS_URL ({redact_url(redis_url)}) has an option redis does not know: "
+            f"{setting} ({redact_url(redis_url)}) has an option redis does not know: "
             f"{option!r}; remove it (options: ?ssl_ca_certs=..., ?socket_timeout=..., ...)"
         ) from None
     return client
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One of genq's two Redis servers, as configured: its URL and the variable it came from
+    (for messages: which of the two failed)."""
+
+    url: str
+    setting: str  # GENQ_REDIS_URL or GENQ_RESULTS_URL
+
+    def connect(self) -> redis.Redis:
+        return connect(self.url, self.setting)
+
+    def connect_binary(self) -> redis.Redis:
+        return connect_binary(self.url, self.setting)
+
+    def explain(self, error: redis.exceptions.RedisError) -> GenqError | None:
+        return explain_redis_error(error, self.url, self.setting)
+
+    @property
+    def shown(self) -> str:
+        """The URL without its password."""
+        return redact_url(self.url)
+
+
+def broker_endpoint(settings: Settings) -> Endpoint:
+    """The broker's Redis (GENQ_REDIS_URL): the Celery queue, kombu's leases, the fair
+    feeder's pending lists, dead letters; tenants' weights too when the stores are split."""
+    return Endpoint(settings.redis_url, "GENQ_REDIS_URL")
+
+
+def results_endpoint(settings: Settings) -> Endpoint:
+    """Where jobs live (GENQ_RESULTS_URL; GENQ_REDIS_URL when it is unset): job records,
+    results, attempts, tenants' unfinished jobs and policies, worker records, the webhook
+    outbox, the API's files and batches."""
+    if stores_split(settings):
+        return Endpoint(str(settings.results_url), "GENQ_RESULTS_URL")
+    return broker_endpoint(settings)
+
+
+def stores_split(settings: Settings) -> bool:
+    """Whether the results store is another Redis than the broker's (GENQ_RESULTS_URL set to
+    another server or database): then nothing on the broker's side may read a job's record."""
+    if not settings.results_url:
+        return False
+    return _server_of(settings.results_url) != _server_of(settings.redis_url)
+
+
+def _server_of(redis_url: str) -> tuple[Any, ...]:
+    """What names a Redis database in ``redis_url``: ``redis://h:6379`` and
+    ``redis://h:6379/0`` are one (credentials and options aside)."""
+    if is_sentinel_url(redis_url):
+        try:
+            parsed = parse_sentinel_url(redis_url)
+        except RedisUrlError:
+            return (redis_url,)
+        return ("sentinel", tuple(sorted(parsed.sentinels)), parsed.master_name, parsed.db)
+    options = _url_options(redis_url)
+    if not options:
+        return (redis_url,)
+    return (
+        options.get("host", "localhost"),
+        int(options.get("port", 6379)),
+        int(options.get("db", 0)),
+        options.get("path"),
+    )

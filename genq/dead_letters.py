@@ -1,7 +1,9 @@
 """The dead-letter list: queue messages workers refused, each with its reason, bounded.
 
-Part of :class:`genq.store.JobStore` (the base of both sides' stores); the worker
-side that refuses messages is :mod:`genq.worker.guard`.
+It lives beside the queue, on the broker's Redis (``genq:celery:dead``):
+:class:`DeadLetterStore` over the broker's client, and part of :class:`genq.store.JobStore`
+(the base of both sides' stores) for code that has one Redis. The worker side that refuses
+messages is :mod:`genq.worker.guard`.
 """
 
 from __future__ import annotations
@@ -50,3 +52,11 @@ class DeadLetterList:
             pipe.delete(keyspace.celery_dead())
             count, _ = pipe.execute()
         return int(count)
+
+
+class DeadLetterStore(DeadLetterList):
+    """The dead-letter list on its own, over the broker's Redis (GENQ_REDIS_URL), where it
+    lives when the results have a Redis of their own (GENQ_RESULTS_URL)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.redis = client

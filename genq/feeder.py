@@ -3,7 +3,8 @@ them in priority and fair-share order, a few messages at a time.
 
 A producer does not push a job's messages onto the Celery queue: it *stages* them on the job's
 pending list (``genq:sched:{queue}:pending:{job}``). One Lua script, :data:`REFILL`, moves
-messages from pending lists to the Celery queue until it holds GENQ_FEED_DEPTH messages:
+messages from pending lists to the Celery queue until it holds GENQ_FEED_DEPTH messages, or
+GENQ_FEED_DEPTH x 16 prompts in fewer, larger messages (one at least):
 
 * **priority**: the highest level with pending work goes first (``high`` messages go to the
   head of the queue, even a full one); a level passed over GENQ_STARVE_AFTER_MESSAGES
@@ -20,6 +21,14 @@ pending list to the Celery queue, where kombu's leases and genq's exactly-once r
 over unchanged (docs/reliability.md): the feeder only decides *when* a message is queued.
 Messages of cancelled (or failed) jobs are dropped when their turn comes; an expired job's
 still go, so that workers give each of its items its ``expired`` result.
+
+**A results store of its own** (GENQ_RESULTS_URL, another Redis than the broker's): the job
+records are not on this Redis, so the scripts read none (ARGV[8] = '0'). Cancelling drops a
+job's pending messages explicitly (:meth:`Feeder.drop`, which every cancel calls) and leaves a
+mark that refuses the job's later stagings; a failed job's messages still reach workers, which
+skip them (the worker reads the job's status when it admits a message). The staging number
+and the pending lists' lifetime, kept on the job's record otherwise, live on this Redis.
+Tenants' weights are read here, so :func:`write_policy` is given both Redis servers then.
 """
 
 from __future__ import annotations
@@ -30,17 +39,29 @@ from dataclasses import dataclass
 import redis
 
 from genq import keyspace
+from genq.connection import stores_split
 from genq.schema import TERMINAL, JobStatus, Priority, TenantPolicy
-from genq.settings import Settings
+from genq.settings import MIN_AUTO_CHUNK_SIZE, Settings
 from genq.store import as_text
+
+# With the job records on another Redis: how long a staging's number and a cancelled job's
+# mark are kept (a producer stages a job within seconds to minutes; a retried staging comes
+# within a socket timeout).
+MARK_TTL_S = 24 * 3600
 
 # Every key below is built from ARGV[1] (keyspace.sched_prefix), ARGV[4] (job_prefix) and
 # ARGV[5] (tenant_prefix): which job's list is read next is known only inside the script, and
-# genq runs on one Redis (no cluster slots to declare keys for). ARGV[2] and ARGV[3] are the
-# Celery queue's two lists (urgent, other): kombu's consumer pops the first one first.
-_COMMON = """
+# genq's broker is one Redis (no cluster slots to declare keys for). ARGV[2] and ARGV[3] are
+# the Celery queue's two lists (urgent, other): kombu's consumer pops the first one first.
+# ARGV[8]: '1' when the job records are on this Redis (their status decides whether a job's
+# messages go), '0' when they are on another (GENQ_RESULTS_URL): then no job key is touched,
+# and ARGV[9] (a pending list's lifetime, s) and ARGV[10] (a staging or drop mark's, s) apply.
+_COMMON = (
+    f"local ITEMS_PER_MESSAGE = {MIN_AUTO_CHUNK_SIZE}\n"
+    + """
 local P, URGENT, OTHER, JOBP, TENP = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local DEPTH, STARVE = tonumber(ARGV[6]), tonumber(ARGV[7])
+local JOBS_HERE, PENDING_TTL, MARK_TTL = ARGV[8] == '1', tonumber(ARGV[9]), tonumber(ARGV[10])
 local LEVELS = {'high', 'normal', 'low'}
 -- An expired job's messages still go to workers, which give each item its `expired` result;
 -- those of a cancelled or failed job get none, so they are dropped.
@@ -111,7 +132,8 @@ local function take(level)
     if not job then
       redis.call('ZREM', tenants, tenant)
     else
-      local status = redis.call('HGET', JOBP .. job, 'status')
+      local status = 'queued'  -- jobs elsewhere: a cancelled job's list was dropped (DROP)
+      if JOBS_HERE then status = redis.call('HGET', JOBP .. job, 'status') end
       local entry = false
       if status and not DROPPED[status] then
         entry = redis.call('RPOP', P .. 'pending:' .. job)
@@ -129,19 +151,44 @@ local function take(level)
         if redis.call('ZSCORE', tenants, tenant) then
           redis.call('ZADD', tenants, vt + items / weight(tenant), tenant)
         end
-        return string.sub(entry, sep + 1)
+        return string.sub(entry, sep + 1), items
       end
       retire(level, tenant, job)  -- ended, or nothing pending (a producer still staging)
     end
   end
 end
 
--- The Celery queue holds up to DEPTH messages, and up to DEPTH urgent ones on their own list,
--- which workers empty first: staged behind a full queue, urgent work still goes next.
+-- The messages on a Celery list and the items they hold. Beside each list the feeder keeps
+-- the item counts of the messages it pushed, in the same order; workers pop the oldest, so the
+-- counts beyond the list's length are the oldest ones, gone. (A message kombu restored after a
+-- lost lease has no count: it counts as none, which only lets one more message in.)
+local function ready(list)
+  local counts = P .. (list == URGENT and 'ready:urgent' or 'ready:other')
+  local messages = redis.call('LLEN', list)
+  local extra = redis.call('LLEN', counts) - messages
+  if extra > 0 and messages == 0 then
+    redis.call('DEL', counts)
+  elseif extra > 0 then
+    redis.call('LTRIM', counts, 0, messages - 1)
+  end
+  local items = 0
+  for _, count in ipairs(redis.call('LRANGE', counts, 0, -1)) do items = items + tonumber(count) end
+  return messages, items
+end
+
+-- The Celery queue holds up to DEPTH messages and DEPTH x ITEMS_PER_MESSAGE items (one message
+-- at least, however large: a job cut into large messages keeps as few prompts ahead of the
+-- next job as one of small messages), and as much urgent work on its own list, which workers
+-- empty first: staged behind a full queue, urgent work still goes next.
+local function fits(messages, items)
+  return messages == 0 or (messages < DEPTH and items < DEPTH * ITEMS_PER_MESSAGE)
+end
+
 local function room(level)
-  local urgent = redis.call('LLEN', URGENT)
-  if level == 'high' then return urgent < DEPTH end
-  return urgent + redis.call('LLEN', OTHER) < DEPTH
+  local urgent, urgent_items = ready(URGENT)
+  if level == 'high' then return fits(urgent, urgent_items) end
+  local other, other_items = ready(OTHER)
+  return fits(urgent + other, urgent_items + other_items)
 end
 
 local function refill()
@@ -154,43 +201,56 @@ local function refill()
       -- a starved level's turn that cannot be taken now never holds urgent work back
       if waiting[1] == 'high' and room('high') then level = 'high' else break end
     end
-    local payload = take(level)
+    local payload, items = take(level)
     if payload then
       count_skips(waiting, level)
       -- kombu pushes left and pops right: each list stays first in, first out
       redis.call('LPUSH', level == 'high' and URGENT or OTHER, payload)
+      redis.call('LPUSH', P .. (level == 'high' and 'ready:urgent' or 'ready:other'), items)
       moved = moved + 1
     end
   end
   return moved
 end
 """
+)
 
-# ARGV: common (7). Returns the messages moved to the Celery queue.
+# ARGV: common (10). Returns the messages moved to the Celery queue.
 REFILL = _COMMON + "return refill()"
 
-# ARGV: common (7), job id, priority, tenant, batch number, then entries "items|payload" in the
+# ARGV: common (10), job id, priority, tenant, batch number, then entries "items|payload" in the
 # job's order. Appends them to the job's pending list, puts the job in its tenant's ring (at the end
 # of the current round) and the tenant in its level (at the level's clock), then refills. A batch
 # number the job has already staged stages nothing (a command retried after its reply was
 # lost). Returns the messages moved to the Celery queue; -1 when the job was cancelled, failed
-# or is gone (nothing staged).
+# or is gone (nothing staged); with the job records elsewhere, when the job was dropped.
 STAGE = (
     _COMMON
     + """
-local job, level, tenant, batch = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
-local fields = redis.call('HMGET', JOBP .. job, 'status', 'staged')
-local status = fields[1]
-if not status or DROPPED[status] then return -1 end
-if batch <= tonumber(fields[2] or '0') then return refill() end
-redis.call('HSET', JOBP .. job, 'staged', batch)
+local job, level, tenant, batch = ARGV[11], ARGV[12], ARGV[13], tonumber(ARGV[14])
 local pending = P .. 'pending:' .. job
+local staged, ttl
+if JOBS_HERE then
+  local fields = redis.call('HMGET', JOBP .. job, 'status', 'staged')
+  if not fields[1] or DROPPED[fields[1]] then return -1 end
+  staged = fields[2]
+else
+  if redis.call('EXISTS', P .. 'dropped:' .. job) == 1 then return -1 end
+  staged = redis.call('GET', P .. 'staged:' .. job)
+end
+if batch <= tonumber(staged or '0') then return refill() end
+if JOBS_HERE then
+  redis.call('HSET', JOBP .. job, 'staged', batch)
+  ttl = redis.call('PTTL', JOBP .. job)
+else
+  redis.call('SET', P .. 'staged:' .. job, batch, 'EX', MARK_TTL)
+  ttl = PENDING_TTL * 1000
+end
 local items = 0
-for i = 12, #ARGV do
+for i = 15, #ARGV do
   redis.call('LPUSH', pending, ARGV[i])
   items = items + tonumber(string.sub(ARGV[i], 1, string.find(ARGV[i], '|', 1, true) - 1))
 end
-local ttl = redis.call('PTTL', JOBP .. job)
 if ttl > 0 then redis.call('PEXPIRE', pending, ttl) end
 redis.call('HINCRBY', P .. 'queued', job, items)
 if redis.call('HEXISTS', P .. 'active', job) == 0 then
@@ -206,12 +266,14 @@ return refill()
 """
 )
 
-# ARGV: common (7), job id. Drops a job's pending messages (it was cancelled). Returns 1 if it
-# had any.
+# ARGV: common (10), job id. Drops a job's pending messages (it was cancelled); with the job
+# records elsewhere, marks the job so that a producer still staging it stages nothing more.
+# Returns 1 if it had any.
 DROP = (
     _COMMON
     + """
-local job = ARGV[8]
+local job = ARGV[11]
+if not JOBS_HERE then redis.call('SET', P .. 'dropped:' .. job, '1', 'EX', MARK_TTL) end
 local where = redis.call('HGET', P .. 'active', job)
 if not where then
   redis.call('DEL', P .. 'pending:' .. job)
@@ -264,9 +326,16 @@ class QueueView:
 class Feeder:
     """Stages jobs' messages and refills one Celery queue from them (see the module doc)."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: redis.Redis, settings: Settings, *, jobs_here: bool | None = None
+    ) -> None:
+        """``client`` is the broker's Redis (GENQ_REDIS_URL). ``jobs_here``: whether the job
+        records are on it too (default: unless GENQ_RESULTS_URL names another Redis)."""
         self.redis = client
         self.queue = settings.queue
+        if jobs_here is None:
+            jobs_here = not stores_split(settings)
+        self.jobs_here = jobs_here
         self._prefix = keyspace.sched_prefix(settings.queue)
         self._lists = keyspace.celery_queue_lists(settings.queue)
         self._common = [
@@ -276,6 +345,9 @@ class Feeder:
             keyspace.tenant_prefix(),
             str(settings.feed_depth),
             str(settings.starve_after_messages),
+            "1" if jobs_here else "0",
+            str(settings.unfinished_ttl_s),
+            str(MARK_TTL_S),
         ]
         self._refill = client.register_script(REFILL)
         self._stage = client.register_script(STAGE)
@@ -306,6 +378,13 @@ class Feeder:
         """Drop a job's pending messages (it was cancelled): they will never be queued."""
         return bool(self._drop(args=[*self._common, job_id]))
 
+    def ready_messages(self) -> int:
+        """Messages waiting in the Celery queue (on both of its lists)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in self._lists:
+                pipe.llen(key)
+            return sum(pipe.execute())
+
     def view(self) -> QueueView:
         """Every job with pending messages, and the messages ready in the Celery queue."""
         with self.redis.pipeline(transaction=True) as pipe:
@@ -329,7 +408,9 @@ class Feeder:
 
 
 def write_policy(client: redis.Redis, tenant: str, policy: TenantPolicy) -> None:
-    """Set ``tenant``'s weight and quotas (read by every producer and every refill)."""
+    """Set ``tenant``'s weight and quotas (read by every producer and every refill): on the
+    results store (quotas, ``genq tenants``) and, when that is another Redis, on the broker's
+    too (the refill's weights): the caller writes each."""
     key = keyspace.tenant_policy(tenant)
     fields = {k: str(v) for k, v in policy.model_dump(exclude_none=True).items()}
     with client.pipeline(transaction=True) as pipe:

@@ -1,5 +1,10 @@
 """The Redis keyspace: every key genq (and its Celery broker) uses is built here, under ``genq:``.
 
+Two servers, or one: ``genq:celery:*`` and ``genq:sched:*`` live on the broker's Redis
+(GENQ_REDIS_URL), every other key on the results store (GENQ_RESULTS_URL, by default the same
+Redis); tenants' policies are copied to the broker's when they are two (the refill reads the
+weights there). docs/reliability.md#two-redis-servers-and-redis-sentinel.
+
 genq:job:{id}               hash   status, counters, timestamps, params/metadata (JSON)
 genq:job:{id}:results       hash   item index -> ItemResult JSON (first write wins)
 genq:job:{id}:attempts      hash   item index -> times a worker started it (dropped at the end)
@@ -39,6 +44,17 @@ genq:sched:{q}:ring:{p}:{t} list   a tenant's jobs at priority p, served round-r
 genq:sched:{q}:tenants:{p}  zset   tenants with pending work at priority p -> virtual time
 genq:sched:{q}:clock:{p}    string the virtual time of the last tenant served at priority p
 genq:sched:{q}:skipped      hash   priority -> messages dispatched in a row while it waited
+genq:sched:{q}:ready:urgent list   item counts of the messages the feeder put on the Celery
+genq:sched:{q}:ready:other  list   queue's urgent / other list, newest first (its depth in items)
+genq:sched:{q}:staged:{id}  string with the results on another Redis: the job's last staging
+                                   number (else the record's `staged` field); a day
+genq:sched:{q}:dropped:{id} string with the results on another Redis: the job was cancelled, its
+                                   later stagings are refused; a day
+genq:sched:{q}:durable      string time of the last submit confirmed on the broker (WAITAOF/WAIT)
+genq:sched:{q}:notice:{n}   string a one-time warning given for the broker's Redis
+genq:durable                string time of the last submit confirmed on a replica (WAIT 1)
+genq:durable:worker         string written by a worker before it waits for a replica of its
+                                   results (results on their own Redis, with replicas)
 genq:http-idempotency:{h}   string an Idempotency-Key's request fingerprint and first answer
 genq:webhooks:outbox        zset   job id -> when its end event is due (written by the scripts
                                    that end a job, atomically with the end)
@@ -211,6 +227,17 @@ def sched_pending(queue: str, job_id: str) -> str:
     """A job's messages not yet given to the Celery queue (built by the feeder's script from
     :func:`sched_prefix`; named here for readers such as benchmarks)."""
     return sched_prefix(queue) + "pending:" + checked_id(job_id)
+
+
+def durable_mark(who: str = "") -> str:
+    """What a wait for a replica (or the append-only file) writes first on the results store
+    (WAIT covers a connection's writes); ``who``: "worker" for a worker's."""
+    return namespace("durable", checked_id(who, "mark name")) if who else namespace("durable")
+
+
+def sched_mark(queue: str, name: str) -> str:
+    """A mark of the broker's side (``durable``, ``notice:{name}``), beside the feeder's keys."""
+    return sched_prefix(queue) + name
 
 
 def http_idempotency(tenant: str, key: str) -> str:

@@ -18,7 +18,7 @@ from genq import keyspace, scripts
 from genq.schema import WorkerInfo, from_epoch
 from genq.settings import WORKER_RECORD_TTL_S, WORKER_TTL_FACTOR
 
-_WORKER_COUNTERS = ("batches", "items", "tokens")
+_WORKER_COUNTERS = ("batches", "items", "tokens", "busy_s")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class BatchStats:
     sequences: int
     items: int
     tokens: int
+    busy_s: float = 0.0  # wall time the worker spent generating the batch (its write excluded)
 
 
 class WorkerRecords:
@@ -78,6 +79,8 @@ class WorkerRecords:
         pipe.hincrby(worker, "batches", 1)
         pipe.hincrby(worker, "items", batch.items)
         pipe.hincrby(worker, "tokens", batch.tokens)
+        if batch.busy_s > 0:
+            pipe.hincrbyfloat(worker, "busy_s", batch.busy_s)
         # Counters written after the record expired must not outlive a worker that dies
         # before its next heartbeat re-registers it (a live record keeps its TTL).
         self._expire_persistent(keys=[worker, sizes], args=[WORKER_RECORD_TTL_S], client=pipe)

@@ -511,6 +511,7 @@ class WorkerInfo(BaseModel):
     batches: int = 0
     items: int = 0
     tokens: int = 0
+    busy_s: float = 0.0  # wall time spent in batches (utilisation: its growth over wall time)
     batch_sizes: dict[int, int] = Field(default_factory=dict)  # sequences per batch -> count
 
 

@@ -28,13 +28,21 @@ DEFAULT_MAX_BATCH_SIZE = 32  # sequences (prompts x num_return_sequences) per fo
 DEFAULT_MAX_BATCH_TOKENS_CPU = 8_192
 DEFAULT_MAX_BATCH_TOKENS_CUDA = 262_144
 DEFAULT_MAX_WAIT_MS = 50  # longest a lone prompt waits for batch neighbours
-DEFAULT_CHUNK_SIZE = 16  # prompts per Celery message: amortises the queue cost per prompt
+# Prompts per Celery message when GENQ_CHUNK_SIZE is unset: a job is cut into about
+# CHUNK_TARGET_MESSAGES messages of MIN..MAX_AUTO_CHUNK_SIZE prompts each. A small job spreads
+# over many workers at once; a large one pays the per-message cost (5 Redis round trips and
+# ~0.6 ms of a worker's CPU) once per 32 prompts rather than once per 16. No more than one
+# default batch: a worker holding a larger message makes urgent work wait a batch longer.
+MIN_AUTO_CHUNK_SIZE = 16
+MAX_AUTO_CHUNK_SIZE = 32
+CHUNK_TARGET_MESSAGES = 256
 
 # --- Scheduling (docs/scheduling.md) ------------------------------------------------------------
 DEFAULT_SCHEDULING = "fair"  # fair (pending lists per job, fair refill) | fifo (one queue)
 DEFAULT_PRIORITY = "normal"  # high | normal | low, for jobs submitted without one
-# Messages the fair refill keeps ready in the Celery queue: enough that no worker waits for a
-# refill, few enough that urgent work is never far from the head.
+# Messages the fair refill keeps ready in the Celery queue, or this many x MIN_AUTO_CHUNK_SIZE
+# prompts in fewer, larger ones (one at least): enough that no worker waits for a refill, few
+# enough that urgent work is never far from the head.
 DEFAULT_FEED_DEPTH = 4
 FEED_BATCH_MESSAGES = 64  # a producer stages a job's messages this many at a time
 # A waiting priority level passed over this many messages in a row gets the next one: low work
@@ -46,6 +54,9 @@ DEFAULT_TENANT = "default"  # the tenant of jobs submitted without one (CLI, cli
 DEFAULT_TENANT_WEIGHT = 1.0
 MIN_TENANT_WEIGHT, MAX_TENANT_WEIGHT = 0.001, 1000.0  # shares of 1 to 1,000,000 at most
 QUOTA_RETRY_AFTER_S = 30  # what a refusal over quota asks the client to wait
+
+# --- Operations (docs/scaling.md) ----------------------------------------------------------------
+DEFAULT_LOG_FORMAT = "text"  # text | json (one object per line, for log shippers)
 
 # --- Generation defaults (the seed tutorial's sampling settings) -------------------------------
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -105,6 +116,9 @@ REDIS_SOCKET_TIMEOUT_S = 30.0
 DEFAULT_POLL_INTERVAL_S = 0.5  # how often `wait` polls job status
 WAIT_OUTAGE_TOLERANCE_S = 120.0  # `wait` keeps polling through a Redis outage this long
 DURABLE_SUBMIT_TIMEOUT_S = 10.0  # a submit waits this long for Redis to fsync the job (WAITAOF)
+# Whether a server has replicas (a submit then waits for one, a worker's ack for its results
+# on one) is asked at most this often.
+REPLICA_CHECK_S = 5.0
 # `wait` asks whether a live worker consumes the queue at most this often (it reads every
 # worker's record), not on every poll.
 WORKER_CHECK_INTERVAL_S = 5.0
@@ -171,7 +185,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, ge=1, le=4096)
     max_batch_tokens: int | None = Field(None, ge=16)  # None: by device, see below
     max_wait_ms: int = Field(DEFAULT_MAX_WAIT_MS, ge=1, le=60_000)
-    chunk_size: int = Field(DEFAULT_CHUNK_SIZE, ge=1, le=MAX_CHUNK_ITEMS)
+    chunk_size: int | None = Field(None, ge=1, le=MAX_CHUNK_ITEMS)  # None: by job size
     max_items_per_job: int = Field(DEFAULT_MAX_ITEMS_PER_JOB, ge=1)
     max_prompt_bytes: int = Field(DEFAULT_MAX_PROMPT_BYTES, ge=1, le=MAX_PROMPT_BYTES_LIMIT)
     max_input_file_bytes: int = Field(DEFAULT_MAX_INPUT_FILE_BYTES, ge=1)
@@ -205,6 +219,15 @@ class Settings(BaseSettings):
     null_batch_ms: int = Field(0, ge=0, le=600_000)
     # Workers serve Prometheus metrics on this port (0: a free one, logged); unset: none.
     metrics_port: int | None = Field(None, ge=0, le=65_535)
+    # Logs: text (human) or json (one JSON object per line); prompt text only when asked.
+    log_format: str = Field(DEFAULT_LOG_FORMAT, pattern=r"^(text|json)$")
+    log_prompts: bool = False
+    # Celery task events and remote control, for Flower and `celery inspect` (off: each event
+    # is a Redis publish per task, and remote control a pub/sub connection per worker).
+    celery_events: bool = False
+    # Where job records and results live (default: GENQ_REDIS_URL, the broker's Redis), so the
+    # queue and the results can be scaled apart.
+    results_url: str | None = None
     # Reliability drills only: a JSON fault plan (genq/worker/engines/faults.py) that makes the
     # engine fail for chosen items. Never set it in production.
     faults: str | None = None
@@ -229,6 +252,14 @@ class Settings(BaseSettings):
                 "would expire under a healthy worker"
             )
         return self
+
+    def chunk_size_for(self, items: int) -> int:
+        """Prompts per queue message for a job of ``items``: GENQ_CHUNK_SIZE, else by size."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return min(
+            max(-(-items // CHUNK_TARGET_MESSAGES), MIN_AUTO_CHUNK_SIZE), MAX_AUTO_CHUNK_SIZE
+        )
 
     def resolved_max_batch_tokens(self, device: str) -> int:
         """The batch token budget: GENQ_MAX_BATCH_TOKENS, else a default for the device."""

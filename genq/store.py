@@ -22,6 +22,7 @@ from genq.dead_letters import DeadLetterList
 from genq.errors import (
     JobNotFoundError,
 )
+from genq.pipelines import script_pipeline
 from genq.registry import BatchStats, WorkerRecords
 from genq.schema import (
     GenerationParams,
@@ -128,7 +129,7 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         """Per job, the indexes whose results were new (None: the job no longer exists)."""
         now = repr(time.time())
         jobs = [j for j, rs in results_by_job.items() if rs]
-        with self.redis.pipeline(transaction=False) as pipe:
+        with script_pipeline(self.redis) as pipe:
             if batch is not None:
                 self._count_batch(pipe, batch)
             for job_id in jobs:

@@ -46,7 +46,8 @@ def two_workers(start_worker: StartWorker) -> list[WorkerProcess]:
 
 @pytest.fixture
 def client(settings: Settings, two_workers: list[WorkerProcess]) -> Iterator[Client]:
-    fair = Client(settings=settings.model_copy(update={"queue": QUEUE, "chunk_size": 16}))
+    # Messages cut as by default: the 20,000-prompt jobs' are 32 prompts, the others' 16.
+    fair = Client(settings=settings.model_copy(update={"queue": QUEUE, "chunk_size": None}))
     yield fair
     for info in fair.jobs(limit=50):  # leave the workers idle for the next test
         if not info.is_terminal:

@@ -313,3 +313,56 @@ def test_an_idle_level_starts_its_clock_again(db: redis.Redis, store: Submission
     stage(feeder, store, light, 3, items=16)
     dispatch_order(db, feeder, 3)
     assert db.get(keyspace.sched_prefix(feeder.queue) + "clock:normal") is None
+
+
+def test_with_the_job_records_elsewhere_the_scripts_read_no_job_key(db: redis.Redis) -> None:
+    """GENQ_RESULTS_URL on another Redis: no job record here. Messages still go, in fair
+    order; a retried staging still stages nothing twice; a drop refuses later stagings."""
+    feeder = Feeder(db, Settings(feed_depth=1), jobs_here=False)
+    gold, other = "gold-job", "other-job"  # records that do not exist on this Redis
+    db.hset(keyspace.tenant_policy("gold"), "weight", 3)
+    entries = [(1, f"{gold}/{n}") for n in range(40)]
+    assert feeder.stage(gold, Priority.NORMAL, "gold", 1, entries)
+    assert feeder.stage(gold, Priority.NORMAL, "gold", 1, entries)  # retried: nothing more
+    assert feeder.stage(
+        other, Priority.NORMAL, "bronze", 1, [(1, f"{other}/{n}") for n in range(40)]
+    )
+    order = jobs_of(dispatch_order(db, feeder, 40))
+    assert 28 <= order.count(gold) <= 32  # weights read here, 3:1
+    prefix = keyspace.sched_prefix(feeder.queue)
+    assert db.get(f"{prefix}staged:{gold}") == "1"
+    assert 0 < db.ttl(keyspace.sched_pending(feeder.queue, gold)) <= Settings().unfinished_ttl_s
+    assert not db.exists(keyspace.job(gold))  # nothing written where a job record would be
+    assert feeder.drop(gold)
+    assert feeder.view().pending_items(gold) == 0
+    assert db.ttl(f"{prefix}dropped:{gold}") > 0
+    assert not feeder.stage(gold, Priority.NORMAL, "gold", 2, [(1, f"{gold}/late")])
+    assert feeder.view().pending_items(gold) == 0
+    rest = jobs_of(dispatch_order(db, feeder, 100))  # the one queued before the drop, then
+    assert set(rest[1:]) == {other}  # only the other job's
+    assert (order + rest).count(other) == 40
+
+
+def test_the_queue_holds_as_many_prompts_in_large_messages_as_in_small_ones(
+    db: redis.Redis, store: SubmissionStore
+) -> None:
+    feeder = feeder_of(db, depth=4)  # 4 messages of 16 prompts, or 64 prompts in fewer
+    other = keyspace.celery_queue_lists(feeder.queue)[1]
+    small, large = new_job(store, 1000), new_job(store, 1000)
+    stage(feeder, store, small, 10, items=16)
+    assert db.llen(other) == 4
+    db.delete(other)  # taken by workers
+    feeder.drop(small)
+    stage(feeder, store, large, 10, items=64)
+    assert db.llen(other) == 1  # one message at least, however large
+    db.rpop(other)
+    assert feeder.refill() == 1
+    assert db.llen(other) == 1
+    stage(feeder, store, new_job(store, 1000), 10, items=20)
+    assert db.llen(other) == 1  # 64 prompts ahead already: the next job waits its turn
+    while db.rpop(other) is not None:
+        feeder.refill()
+    # The counts of messages workers took are forgotten: a new small job fills 4 messages again.
+    stage(feeder, store, new_job(store, 1000), 10, items=16)
+    assert db.llen(other) == 4
+    assert db.llen(keyspace.sched_prefix(feeder.queue) + "ready:other") == 4

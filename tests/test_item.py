@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from genq.schema import GenerationParams, Priority, WorkItem
-from genq.worker.batching import batch_key
-from genq.worker.engines.base import Prepared
+from genq.worker.engines.base import Prepared, batch_key
 from genq.worker.item import Delivery, Item, ItemStatus
 
 

@@ -136,6 +136,8 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
     on one port (they share nothing but Redis)."""
     import uvicorn
 
+    from genq.logs import uvicorn_log_config
+
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -144,9 +146,15 @@ def serve(settings: Settings, host: str, port: int, workers: int = 1) -> None:
         "server_header": False,
     }
     if workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        uvicorn.run(create_app(settings), log_config=uvicorn_log_config(settings), **options)
         return
     load_tenants(settings)  # a configuration error shows once, before any process starts
     # Each process reads its settings from the environment: pass on what the command line set.
     os.environ["GENQ_REDIS_URL"] = settings.redis_url
-    uvicorn.run("genq.api.app:app_from_environment", factory=True, workers=workers, **options)
+    uvicorn.run(
+        "genq.api.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        log_config=uvicorn_log_config(settings),
+        **options,
+    )

@@ -197,7 +197,9 @@ class Batches:
                 self.client.store.fail(job_id, f"the input file has {count} invalid line(s)")
                 self.redis.expire(keyspace.batch(job_id), self.settings.result_ttl_s)
             else:
-                messages = self._messages(job_id, request.input_file_id, request.endpoint, now)
+                messages = self._messages(
+                    job_id, request.input_file_id, request.endpoint, now, job.total
+                )
                 self.client.enqueue(job_id, job, messages)
         except QuotaExceededError:
             # Refused before the job's record was written: no batch either.
@@ -254,18 +256,21 @@ class Batches:
                 )
         return sorted(errors, key=lambda e: e["line"] or 0)
 
-    def _messages(self, job_id: str, file_id: str, endpoint: str, now: float) -> Iterator[str]:
+    def _messages(
+        self, job_id: str, file_id: str, endpoint: str, now: float, lines: int
+    ) -> Iterator[str]:
         """The batch's queue messages, made while the file is read; lines genq cannot honour
         get their error result at once, and every line's custom_id is kept in order."""
         priority = Priority(self.settings.default_priority)
+        chunk_size = self.settings.chunk_size_for(lines)
         items: list[ChunkItem] = []
         refused: list[ItemResult] = []
         ids: list[str] = []
         size_limit = self.settings.max_prompt_bytes
 
         def flush(final: bool) -> Iterator[str]:
-            if items and (final or len(items) >= self.settings.chunk_size):
-                yield from chunk_messages(job_id, now, priority, items, self.settings.chunk_size)
+            if items and (final or len(items) >= chunk_size):
+                yield from chunk_messages(job_id, now, priority, items, chunk_size)
                 items.clear()
             if refused and (final or len(refused) >= PAGE):
                 self.client.store.record({job_id: list(refused)})

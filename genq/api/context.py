@@ -17,7 +17,6 @@ from genq.api.file_store import FileStore
 from genq.api.idempotency import HEADER, REPLAYED_HEADER, IdempotencyKeys
 from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant, Tenants
-from genq.connection import connect_binary
 from genq.producer.client import Client
 from genq.schema import WorkerInfo
 from genq.settings import Settings
@@ -41,7 +40,7 @@ class ApiContext:
         self.client = Client(settings=self.settings)
         redis = self.client.store.redis
         self.files = FileStore(
-            redis, connect_binary(self.settings.redis_url), self.settings.file_ttl_s
+            redis, self.client.results_endpoint.connect_binary(), self.settings.file_ttl_s
         )
         self.batches = Batches(self.client, self.files, self.served_models)
         self.idempotency = IdempotencyKeys(redis)

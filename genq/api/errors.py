@@ -14,7 +14,6 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genq.api.responses import ApiResponse
-from genq.connection import explain_redis_error
 from genq.errors import (
     BrokerUnavailableError,
     IdempotencyConflictError,
@@ -146,7 +145,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(redis.exceptions.RedisError)
     async def _redis(request: Request, e: redis.exceptions.RedisError) -> ApiResponse:
-        problem = explain_redis_error(e, request.app.state.genq.settings.redis_url)
+        # Outside the client's own calls (which say which Redis failed), the API's reads and
+        # writes are the results store's: files, batches, jobs, idempotency keys, webhooks.
+        problem = request.app.state.genq.client.results_endpoint.explain(e)
         if isinstance(problem, RedisAccessError) or problem is None:
             log.error("Redis error: %s", problem or f"{type(e).__name__}: {e}")
             return ApiError(500, "the service's store failed the request").response()

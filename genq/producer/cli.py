@@ -57,11 +57,12 @@ from genq.producer.cli_output import (
 )
 from genq.producer.cli_queue import queue, tenants
 from genq.producer.cli_serve import api
+from genq.producer.cli_top import top
 from genq.producer.client import RETRY_OF, Client, ResultFilter
 from genq.producer.inputs import read_items
 from genq.producer.validation import validate_job, with_job_options
 from genq.schema import JobSpec
-from genq.settings import Settings, load_settings, redact_url
+from genq.settings import Settings, load_settings
 
 
 class GenqGroup(click.Group):
@@ -168,7 +169,7 @@ def _submit_warnings(client: Client) -> None:
     """Warnings about a job just accepted; never a reason for a successful submit to fail."""
     try:
         idle = not client.queue_workers()
-        no_aof = client.claim_no_append_only_notice()
+        no_aof = client.claim_no_append_only_notices()
     except GenqError:
         return
     if idle:
@@ -176,9 +177,10 @@ def _submit_warnings(client: Client) -> None:
             f"no live worker consumes queue {client.settings.queue!r}; "
             "the job waits until one starts (genq worker)"
         )
-    if no_aof:
+    for endpoint in no_aof:
+        which = f" ({endpoint.setting})" if client.split else ""
         print_warning(
-            f"Redis at {redact_url(client.settings.redis_url)} has no append-only file: "
+            f"Redis at {endpoint.shown}{which} has no append-only file: "
             "accepted jobs are lost if it restarts (appendonly yes)"
         )
 
@@ -405,7 +407,8 @@ def run(
         print_note(f"embedded server at {url}; starting a worker")
         proc = WorkerProcess(url, worker_args, Path(tmp))
         try:
-            client = Client(settings=settings.model_copy(update={"redis_url": url}))
+            one_server = {"redis_url": url, "results_url": None}  # the embedded one, for all
+            client = Client(settings=settings.model_copy(update=one_server))
             job_id = client.submit_spec(spec, _tenant_record(tenant))
 
             def check_worker() -> None:
@@ -456,7 +459,7 @@ def random_model(directory: str, tokenizer: str | None, preset: str) -> None:
     click.echo(str(path))
 
 
-for command in (jobs, workers, dead, api, queue, tenants):
+for command in (jobs, workers, dead, api, queue, tenants, top):
     cli.add_command(command)
 
 

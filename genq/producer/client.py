@@ -14,15 +14,19 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
+from functools import partial
 from typing import TypeVar
 
 import redis
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 
 from genq import keyspace
-from genq.connection import connect, explain_redis_error
+from genq.connection import Endpoint, broker_endpoint, results_endpoint, stores_split
+from genq.dead_letters import DeadLetterStore
 from genq.errors import (
     BrokerUnavailableError,
+    DurabilityError,
     EnqueueError,
     JobNotFinishedError,
     JobNotFoundError,
@@ -39,7 +43,7 @@ from genq.feeder import (
     remove_policy,
     write_policy,
 )
-from genq.producer.staging import Sender
+from genq.producer.staging import Sender, StagingChannel
 from genq.producer.validation import ItemInput, ParamsInput, validate_job, with_job_options
 from genq.schema import (
     DeadLetter,
@@ -50,9 +54,12 @@ from genq.schema import (
     TenantPolicy,
     WorkerInfo,
 )
+from genq.sentinel import is_sentinel_url
+from genq.server_facts import append_only, confirm_writes, connected_replicas
 from genq.settings import (
     DEFAULT_POLL_INTERVAL_S,
     DURABLE_SUBMIT_TIMEOUT_S,
+    REPLICA_CHECK_S,
     WAIT_OUTAGE_TOLERANCE_S,
     Settings,
 )
@@ -85,19 +92,42 @@ def new_job_id() -> str:
     return secrets.token_hex(16)
 
 
+class _SentinelStagingChannel(StagingChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The producer's staging channel on a broker behind Redis Sentinel."""
+
+
+class _SentinelStagingTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+    Channel = _SentinelStagingChannel
+
+
 class Client:
-    """Submits jobs to genq and reads them back. Needs Redis only: no torch, no model."""
+    """Submits jobs to genq and reads them back. Needs Redis only: no torch, no model.
+
+    Two Redis servers, or one: the broker's (GENQ_REDIS_URL: the queue, the pending lists,
+    dead letters) and the results store (GENQ_RESULTS_URL, by default the same: jobs, results,
+    workers). ``redis_url`` replaces GENQ_REDIS_URL (and is the results store unless
+    GENQ_RESULTS_URL names another)."""
 
     def __init__(self, redis_url: str | None = None, *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         if redis_url is not None:
             self.settings = self.settings.model_copy(update={"redis_url": redis_url})
+        self.results_endpoint: Endpoint = results_endpoint(self.settings)
+        self.broker_endpoint: Endpoint = broker_endpoint(self.settings)
+        self.split = stores_split(self.settings)
         self.store = SubmissionStore(
-            connect(self.settings.redis_url),
+            self.results_endpoint.connect(),
             self.settings.result_ttl_s,
             self.settings.unfinished_ttl_s,
         )
+        self.store.url_setting = self.results_endpoint.setting
+        # The broker's Redis: the results store's client when they are one server.
+        self.broker: redis.Redis = (
+            self.broker_endpoint.connect() if self.split else self.store.redis
+        )
+        self.dead = DeadLetterStore(self.broker)
         self._sender: Sender | None = None
+        self._replicas_checked: dict[int, tuple[float, int | None]] = {}
         self._feeder: Feeder | None = None
 
     # --- submission -----------------------------------------------------------------------
@@ -157,7 +187,9 @@ class Client:
         job = NewJob.of(spec, record_fields, priority=Priority(self.settings.default_priority))
         # Every message is serialised before anything is written: a job that could not be
         # sent leaves nothing behind.
-        messages = spec.messages(job_id, time.time(), self.settings.chunk_size, job.priority)
+        messages = spec.messages(
+            job_id, time.time(), self.settings.chunk_size_for(len(spec.items)), job.priority
+        )
         claim = None
         if spec.idempotency_key is not None:
             # Keys are each tenant's own: another tenant's equal key names another job.
@@ -202,20 +234,74 @@ class Client:
         try:
             self.sender.send(job_id, job, messages)
         except Exception as e:
-            message = f"could not enqueue the job ({type(e).__name__}); submit it again"
+            why = type(e).__name__
+            if isinstance(e, redis.exceptions.RedisError):
+                problem = self.broker_endpoint.explain(e)
+                why = str(problem) if problem is not None else why
+            message = f"could not enqueue the job ({why}); submit it again"
             try:
                 self.store.fail(job_id, message)
+                if self.split:  # no refill reads the record: what was staged goes now
+                    self.feeder.drop(job_id)
+            except redis.exceptions.RedisError:
+                pass  # its messages are skipped by workers: the job has failed
             finally:
                 raise EnqueueError(f"job {job_id}: {message}") from e
         # Returning the id is the promise that the job survives a Redis crash: with an
         # append-only file, wait until it holds the job (no-op on a server without one).
         self._guard(lambda: self.store.confirm_durable(job_id, DURABLE_SUBMIT_TIMEOUT_S))
+        # ... and a failover: with replicas, until one has it (see docs/reliability.md).
+        self._confirm_replicated(job_id)
         return job_id
+
+    def _replicas_of(self, client: redis.Redis) -> int | None:
+        """The server's online replicas, asked at most every REPLICA_CHECK_S: a submit (each
+        single /v1/completions request is one) should not pay an INFO round trip each time."""
+        now = time.monotonic()
+        checked = self._replicas_checked.get(id(client))
+        if checked is None or now - checked[0] > REPLICA_CHECK_S:
+            checked = (now, connected_replicas(client))
+            self._replicas_checked[id(client)] = checked
+        return checked[1]
+
+    def _confirm_replicated(self, job_id: str) -> None:
+        """Wait until a replica of each server holds the job (when the server has replicas);
+        with the stores split, until the broker's append-only file holds its messages too.
+        :class:`DurabilityError` when a server could not confirm it in time."""
+        sides = [(self.store.redis, self.results_endpoint, keyspace.durable_mark(), False)]
+        if self.split:
+            mark = keyspace.sched_mark(self.settings.queue, "durable")
+            sides.append((self.broker, self.broker_endpoint, mark, True))
+        for client, endpoint, mark, disk in sides:
+            replicas = self._guard(partial(self._replicas_of, client), endpoint)
+            confirm = partial(
+                confirm_writes, client, mark, DURABLE_SUBMIT_TIMEOUT_S, disk=disk, replicas=replicas
+            )
+            confirmed = self._guard(confirm, endpoint)
+            lost = (
+                "its append-only file"
+                if confirmed.on_disk is False
+                else "a replica"
+                if confirmed.on_replica is False
+                else None
+            )
+            if lost is not None:
+                raise DurabilityError(
+                    f"job {job_id} was enqueued but Redis at {endpoint.shown} "
+                    f"({endpoint.setting}) did not confirm that {lost} holds it within "
+                    f"{DURABLE_SUBMIT_TIMEOUT_S:g}s; "
+                    "it may run, or be lost if that Redis fails now. Check the server and its "
+                    "replicas, then submit again with the same idempotency key"
+                )
 
     @property
     def sender(self) -> Sender:
         if self._sender is None:
             self._sender = Sender(self.settings, self.feeder)
+            if is_sentinel_url(self.settings.redis_url):
+                # The sender's kombu channel stages messages; behind Sentinel it must find the
+                # primary through them, as the workers' channels do.
+                self._sender.celery.conf.broker_transport = _SentinelStagingTransport
         return self._sender
 
     @property
@@ -226,7 +312,7 @@ class Client:
     @property
     def feeder(self) -> Feeder:
         if self._feeder is None:
-            self._feeder = Feeder(self.store.redis, self.settings)
+            self._feeder = Feeder(self.broker, self.settings, jobs_here=not self.split)
         return self._feeder
 
     # --- reading --------------------------------------------------------------------------
@@ -293,14 +379,31 @@ class Client:
     def claim_no_append_only_notice(self) -> bool:
         """True when Redis keeps no append-only file (a restart would lose every accepted job)
         and no producer has said so yet for this Redis; the call marks it said. False when
-        the server has one, or will not tell (INFO denied)."""
+        the server has one, or will not tell (INFO denied). The results store's;
+        :meth:`claim_no_append_only_notices` asks both servers."""
         return self._guard(
             lambda: self.store.append_only() is False and self.store.claim_notice(NO_AOF_NOTICE)
         )
 
+    def claim_no_append_only_notices(self) -> list[Endpoint]:
+        """The servers (broker, results store: one when they are the same) that keep no
+        append-only file and that no producer has warned of yet; the call marks them
+        warned of."""
+        found = [self.results_endpoint] if self.claim_no_append_only_notice() else []
+        if self.split:
+            mark = keyspace.sched_mark(self.settings.queue, "notice:" + NO_AOF_NOTICE)
+
+            def claim() -> bool:
+                fresh = append_only(self.broker) is False
+                return fresh and bool(self.broker.set(mark, repr(time.time()), nx=True))
+
+            if self._guard(claim, self.broker_endpoint):
+                found.insert(0, self.broker_endpoint)
+        return found
+
     def dead_letter_count(self) -> int:
         """How many dead letters are kept (at most DEAD_LETTER_LIMIT)."""
-        return self._guard(self.store.dead_letter_count)
+        return self._guard(self.dead.dead_letter_count, self.broker_endpoint)
 
     def wait(
         self,
@@ -362,13 +465,14 @@ class Client:
     def cancel(self, job_id: str) -> JobInfo:
         """Stop generating the job's remaining items; finished results stay readable."""
         info = self._guard(lambda: self.store.cancel(job_id))
-        self._guard(lambda: self.feeder.drop(job_id))  # its pending messages are never queued
+        # Its pending messages are never queued.
+        self._guard(lambda: self.feeder.drop(job_id), self.broker_endpoint)
         return info
 
     def queue(self) -> QueueView:
         """What waits on this client's queue: jobs with pending messages (by priority and
         tenant), and messages ready for the next worker."""
-        return self._guard(self.feeder.view)
+        return self._guard(self.feeder.view, self.broker_endpoint)
 
     def tenant_policies(self) -> dict[str, TenantPolicy]:
         """Every tenant with a weight or quotas set, by name."""
@@ -380,12 +484,18 @@ class Client:
         return self._guard(lambda: read_usage(self.store.redis, tenant))
 
     def set_tenant_policy(self, tenant: str, policy: TenantPolicy | None) -> None:
-        """Set ``tenant``'s weight and quotas; None: back to weight 1 and no quotas."""
+        """Set ``tenant``'s weight and quotas; None: back to weight 1 and no quotas. Written
+        where quotas are counted (the results store) and, when that is another Redis, where
+        the fair feeder reads weights (the broker's)."""
         keyspace.checked_id(tenant, "tenant name")
-        if policy is None:
-            self._guard(lambda: remove_policy(self.store.redis, tenant))
-        else:
-            self._guard(lambda: write_policy(self.store.redis, tenant, policy))
+        sides = [(self.store.redis, self.results_endpoint)]
+        if self.split:
+            sides.append((self.broker, self.broker_endpoint))
+        for client, endpoint in sides:
+            if policy is None:
+                self._guard(partial(remove_policy, client, tenant), endpoint)
+            else:
+                self._guard(partial(write_policy, client, tenant, policy), endpoint)
 
     def workers(self) -> list[WorkerInfo]:
         """Live workers and their counters (batch sizes included)."""
@@ -394,17 +504,19 @@ class Client:
     def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
         """Queue messages workers refused (undecodable, foreign, not matching their job), newest
         first, each with its reason."""
-        return self._guard(lambda: self.store.dead_letters(offset, limit))
+        return self._guard(lambda: self.dead.dead_letters(offset, limit), self.broker_endpoint)
 
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many there were."""
-        return self._guard(self.store.purge_dead_letters)
+        return self._guard(self.dead.purge_dead_letters, self.broker_endpoint)
 
-    def _guard(self, call: Callable[[], T]) -> T:
+    def _guard(self, call: Callable[[], T], endpoint: Endpoint | None = None) -> T:
+        """``call()``, a Redis error explained for ``endpoint``, the server it talks to (the
+        results store unless said)."""
         try:
             return call()
         except redis.exceptions.RedisError as e:
-            problem = explain_redis_error(e, self.settings.redis_url)
+            problem = (endpoint or self.results_endpoint).explain(e)
             if problem is None:
                 raise
             raise problem from e

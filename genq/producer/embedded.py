@@ -43,6 +43,7 @@ class WorkerProcess:
     def __init__(self, redis_url: str, args: Sequence[str], log_dir: Path) -> None:
         self.log_path = log_dir / "worker.log"
         env = {**os.environ, "GENQ_REDIS_URL": redis_url}
+        env.pop("GENQ_RESULTS_URL", None)  # the embedded server holds everything
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "genq", "worker", *args],

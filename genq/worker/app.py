@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from genq.broker import GENERATE_TASK, celery_app
-from genq.connection import connect, explain_redis_error
+from genq.connection import Endpoint, broker_endpoint, results_endpoint, stores_split
+from genq.dead_letters import DeadLetterStore
 from genq.errors import (
     RedisAccessError,
     RefusedMessageError,
@@ -33,10 +34,14 @@ from genq.errors import (
     WorkerCrashedError,
 )
 from genq.feeder import Feeder
+from genq.logs import configure_logging, hand_celery_logging_to_genq
 from genq.schema import WorkChunk, WorkerInfo, utcnow
-from genq.settings import Settings, redact_url
+from genq.sentinel import is_sentinel_url
+from genq.server_facts import append_only
+from genq.settings import Settings
 from genq.worker.engines import Engine, load_engine
-from genq.worker.flow import FlowControl, Heartbeat
+from genq.worker.events import TaskEvents
+from genq.worker.flow import FlowControl, Heartbeat, ReplicaBarrier
 from genq.worker.guard import DeadLetters, guarded_consumer, guarded_transport, message_text
 from genq.worker.item import Delivery
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
@@ -95,8 +100,9 @@ def create_app(
     every message it cannot use is refused into ``dead`` (see :mod:`genq.worker.guard`). Each
     message taken tops the queue up from the jobs' pending lists (:mod:`genq.feeder`)."""
     runner, scheduler = loop.runner, loop.scheduler
+    barrier = ReplicaBarrier(runner.store.redis, enabled=stores_split(settings))
     app = celery_app(settings)
-    app.conf.broker_transport = guarded_transport(dead)
+    app.conf.broker_transport = guarded_transport(dead, is_sentinel_url(settings.redis_url))
     app.conf.worker_consumer = guarded_consumer(dead)
     app.conf.worker_prefetch_multiplier = 1  # FlowControl moves the window from there
     # genq's messages never run as Celery tasks (the engine loop runs them), so there is
@@ -118,9 +124,38 @@ def create_app(
         def Strategy(self, task: Task, app: Celery, consumer: Any) -> Any:
             errors = consumer.connection_errors
             flow.consumer = consumer
+            # GENQ_CELERY_EVENTS: a message is a task to Flower, received when admitted and
+            # succeeded when acked (genq's Strategy replaces Celery's, which sends these).
+            eventer = consumer.event_dispatcher
+            events = TaskEvents(eventer) if eventer is not None and eventer.enabled else None
 
-            def acknowledge(message: Any) -> None:
+            def acknowledge(message: Any, written_at: float | None = None) -> None:
+                if written_at is not None and not barrier.confirmed(written_at):
+                    # Its results are not on a replica yet (ReplicaBarrier): ack later. Until
+                    # then the message fills a slot of the prefetch window, as orphans do.
+                    flow.orphaned += 1
+                    generation = flow.channel_generation
+                    consumer.timer.call_after(
+                        ReplicaBarrier.RETRY_S, acknowledge_later, (message, written_at, generation)
+                    )
+                    flow.update()
+                    return
                 message.ack_log_error(log, errors)
+                if events is not None:
+                    events.succeeded(message)
+                flow.update()
+
+            def acknowledge_later(message: Any, written_at: float, generation: int) -> None:
+                if generation != flow.channel_generation:
+                    return  # a new channel: the message went back to the queue with the old one
+                flow.orphaned -= 1
+                acknowledge(message, written_at)
+
+            def refused(message: Any, reason: str, job_id: str | None) -> None:
+                dead.refuse(message_text(message), reason, task=GENERATE_TASK, job_id=job_id)
+                message.ack_log_error(log, errors)
+                if events is not None:
+                    events.rejected(message)
                 flow.update()
 
             def on_message(
@@ -134,9 +169,7 @@ def create_app(
                     chunk = read_chunk(message.payload if body is None else body)
                     ready = runner.admit(chunk)
                 except RefusedMessageError as e:
-                    job_id = chunk.job_id if chunk is not None else None
-                    dead.refuse(message_text(message), str(e), task=GENERATE_TASK, job_id=job_id)
-                    acknowledge(message)
+                    refused(message, str(e), chunk.job_id if chunk is not None else None)
                     return
                 except _REDIS_AWAY as e:
                     # Redis is away, loading, read-only (failover) or full: hand the message
@@ -147,20 +180,20 @@ def create_app(
                 except RedisError as e:
                     # An answer that will be the same next time (a script error, a record of
                     # another version): requeueing would spin on the message forever.
-                    job_id = chunk.job_id if chunk is not None else None
                     reason = f"Redis refused to admit it ({type(e).__name__}: {e})"
-                    dead.refuse(message_text(message), reason, task=GENERATE_TASK, job_id=job_id)
-                    acknowledge(message)
+                    refused(message, reason, chunk.job_id if chunk is not None else None)
                     return
                 # The engine thread finishes deliveries; the ack itself runs on this thread.
                 delivery = Delivery(
                     str(message.delivery_tag),
                     chunk.job_id,
                     len(ready),
-                    lambda: consumer.call_soon(acknowledge, message),
+                    lambda: consumer.call_soon(acknowledge, message, time.monotonic()),
                     priority=chunk.priority,
                 )
                 scheduler.add(delivery, ready)
+                if events is not None:
+                    events.received(message, chunk, len(ready))
                 flow.touch()
                 flow.update()
 
@@ -212,25 +245,31 @@ def refill(feeder: Feeder) -> None:
         log.warning("could not refill the queue from the jobs' pending lists: %s", e)
 
 
-def check_redis(store: WorkStore, redis_url: str) -> None:
+def check_redis(
+    client: redis.Redis, endpoint: Endpoint, holds: str = "every queued job and result"
+) -> None:
     """Fail at once, before loading a model, when Redis refuses genq (credentials, TLS, no
-    such database, not a Redis at all): a worker that retried forever would look alive and take
-    no work. An unreachable Redis is only logged: Celery keeps trying, so workers may start
-    before Redis does. A Redis without an append-only file is worth one warning."""
+    such database, not a Redis at all, Sentinels that monitor no such master): a worker that
+    retried forever would look alive and take no work. An unreachable Redis is only logged:
+    Celery keeps trying, so workers may start before Redis does. A Redis without an
+    append-only file is worth one warning. Called for each of the broker and the results
+    store (``endpoint``: which, for messages; ``holds``: what a restart would lose)."""
     try:
-        store.redis.ping()
-        append_only = store.append_only()
+        client.ping()
+        aof = append_only(client)
     except RedisError as e:
-        problem = explain_redis_error(e, redis_url)
+        problem = endpoint.explain(e)
         if isinstance(problem, RedisAccessError):
             raise problem from e
         log.warning("%s; the worker keeps trying", problem or e)
         return
-    if append_only is False:
+    if aof is False:
         log.warning(
-            "Redis at %s has no append-only file: if it restarts, every queued job and result "
-            "is lost (set appendonly yes; see docs/reliability.md)",
-            redact_url(redis_url),
+            "Redis at %s (%s) has no append-only file: if it restarts, %s is lost (set "
+            "appendonly yes; see docs/reliability.md)",
+            endpoint.shown,
+            endpoint.setting,
+            holds,
         )
 
 
@@ -248,8 +287,21 @@ def check_celery_args(celery_args: Sequence[str]) -> None:
 def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     """Load the engine, then run a Celery worker until it is stopped (SIGTERM/SIGINT)."""
     check_celery_args(celery_args)
-    store = WorkStore(connect(settings.redis_url), settings.result_ttl_s, settings.unfinished_ttl_s)
-    check_redis(store, settings.redis_url)
+    json_logs = configure_logging(settings)  # GENQ_LOG_FORMAT=json: JSON lines from here on
+    if json_logs:
+        hand_celery_logging_to_genq()
+    # Two Redis servers, or one: the results store (GENQ_RESULTS_URL: jobs, results, worker
+    # records) and the broker's (GENQ_REDIS_URL: queue, leases, pending lists, dead letters).
+    results, broker_side = results_endpoint(settings), broker_endpoint(settings)
+    store = WorkStore(results.connect(), settings.result_ttl_s, settings.unfinished_ttl_s)
+    store.url_setting = results.setting
+    split = stores_split(settings)
+    broker = broker_side.connect() if split else store.redis
+    if split:
+        check_redis(broker, broker_side, "every queued message")
+        check_redis(store.redis, results, "every job and result")
+    else:
+        check_redis(store.redis, results)
     engine: Engine = load_engine(settings)
     worker_id = new_worker_id()
     metrics = WorkerMetrics()
@@ -268,8 +320,8 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
     if loop.failure is not None:
         raise loop.failure
     flow = FlowControl(scheduler, target_prompts=2 * settings.max_batch_size)
-    dead = DeadLetters(store, worker_id, settings.queue, flow.touch)
-    feeder = Feeder(store.redis, settings)
+    dead = DeadLetters(DeadLetterStore(broker), worker_id, settings.queue, flow.touch)
+    feeder = Feeder(broker, settings, jobs_here=not split)
     app = create_app(settings, loop, flow, dead, feeder)
     info = WorkerInfo(
         id=worker_id,
@@ -300,6 +352,7 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
 
     signals.worker_ready.connect(on_ready, weak=False)
     argv = [
+        *(["--quiet"] if json_logs else []),  # Celery's banner: lines that are not records
         "worker",
         "--pool=solo",
         "--concurrency=1",
@@ -307,7 +360,8 @@ def run_worker(settings: Settings, celery_args: Sequence[str] = ()) -> None:
         f"--hostname=genq-{worker_id}@%h",
         "--without-gossip",
         "--without-mingle",
-        "--without-heartbeat",
+        # GENQ_CELERY_EVENTS=1: Flower counts a worker offline without its heartbeat events.
+        *([] if settings.celery_events else ["--without-heartbeat"]),
         "--loglevel=INFO",
         *celery_args,
     ]

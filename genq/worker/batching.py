@@ -12,23 +12,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Hashable, Sequence
 
-from genq.schema import GenerationParams
+# The grouping rule (engines.base.batch_key) lives with Prepared, which works it out once per
+# item.
 from genq.worker.engines.base import Prepared
-
-
-def batch_key(params: GenerationParams) -> Hashable:
-    """Parameters that must be equal for items to share one ``generate`` call."""
-    if not params.do_sample:
-        return ("greedy", params.repetition_penalty, params.num_return_sequences)
-    return (
-        "sample",
-        params.temperature,
-        params.top_k,
-        params.top_p,
-        params.repetition_penalty,
-        params.num_return_sequences,
-        params.seed,
-    )
 
 
 def batch_cost(items: Sequence[Prepared]) -> int:
@@ -45,7 +31,7 @@ def plan_batches(
     """Cut ``items`` into batches; an item too big for the budgets still runs, alone."""
     groups: dict[Hashable, list[Prepared]] = defaultdict(list)
     for item in items:
-        groups[batch_key(item.params)].append(item)
+        groups[item.batch_key].append(item)
     batches: list[list[Prepared]] = []
     for group in groups.values():
         group.sort(key=lambda p: len(p.prompt_ids))

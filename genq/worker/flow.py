@@ -10,10 +10,12 @@ from typing import Any
 
 import redis
 
+from genq import keyspace
 from genq.feeder import Feeder
 from genq.leases import Leases
 from genq.schema import PRIORITIES, WorkerInfo
-from genq.settings import CONSUMER_STALL_S
+from genq.server_facts import confirm_writes, connected_replicas
+from genq.settings import CONSUMER_STALL_S, REPLICA_CHECK_S
 from genq.worker.metrics import WorkerMetrics
 from genq.worker.scheduler import Scheduler
 from genq.worker.work_store import WorkStore
@@ -88,6 +90,74 @@ class FlowControl:
             self.consumer.call_soon(orphan)
 
 
+class ReplicaBarrier:
+    """Holds a message's acknowledgement until its results are on a replica of the results
+    store, when that store is a Redis of its own (GENQ_RESULTS_URL) with replicas.
+
+    On one Redis, a result and the later ack of its message reach a replica in that order,
+    so a failover that loses the result loses the ack too and the message is redelivered. With
+    two servers, the ack (on the broker) could survive a results failover that lost the result:
+    the item would never end. One ``WAIT 1`` covers every result written before it started, so
+    a burst of acks costs one round trip. Runs on the consumer thread. An ack goes ahead only
+    once a replica confirmed, or a fresh look found the store without replicas: on an error or
+    a replica silent for ``timeout_s``, the caller tries again later (the message stays held;
+    if that outlasts its lease, it is redelivered, and its results, first write wins, decide).
+    """
+
+    CHECK_S = REPLICA_CHECK_S  # how often the results store is asked whether it has replicas
+    RETRY_S = 1.0  # an ack held back is tried again this much later
+
+    def __init__(self, client: redis.Redis, enabled: bool, timeout_s: float = 1.0) -> None:
+        self.client = client
+        self.enabled = enabled
+        self.timeout_s = timeout_s
+        self._replicas: int | None = None
+        self._checked = -self.CHECK_S
+        self._covered_until = 0.0  # results written before this (monotonic) are replicated
+        self._quiet_until = 0.0
+
+    def confirmed(self, written_at: float) -> bool:
+        """Whether results written by ``written_at`` (monotonic) are safe to acknowledge: on
+        a replica, or on a store that has none (False: try again after RETRY_S)."""
+        if not self.enabled or written_at < self._covered_until:
+            return True
+        started = time.monotonic()
+        try:
+            if started - self._checked > self.CHECK_S:
+                self._replicas = connected_replicas(self.client)
+                self._checked = started
+            if not self._replicas:
+                return True
+            confirmed = confirm_writes(
+                self.client,
+                keyspace.durable_mark("worker"),
+                self.timeout_s,
+                disk=False,
+                replicas=self._replicas,
+            )
+        except redis.exceptions.RedisError as e:
+            self._checked = -self.CHECK_S  # the store may have failed over: ask again
+            self._warn(
+                f"could not confirm results on a replica of the results store ({e}); "
+                "their messages are acknowledged once one does"
+            )
+            return False
+        if confirmed.on_replica is False:
+            self._checked = -self.CHECK_S  # the replica may be gone (promoted): ask again
+            self._warn(
+                f"no replica of the results store confirmed this worker's results within "
+                f"{self.timeout_s:g} s; their messages are acknowledged once one does"
+            )
+            return False
+        self._covered_until = started
+        return True
+
+    def _warn(self, message: str) -> None:
+        if time.monotonic() >= self._quiet_until:
+            log.warning(message)
+            self._quiet_until = time.monotonic() + 10
+
+
 class Heartbeat(threading.Thread):
     """Renews the leases on the messages the worker holds, and its record in Redis.
 
@@ -109,7 +179,7 @@ class Heartbeat(threading.Thread):
         self.feeder = feeder
         self.metrics = metrics
         self.queue = feeder.queue
-        self.leases = Leases(store.redis)
+        self.leases = Leases(feeder.redis)  # kombu's keys: on the broker's Redis
         self.store = store
         self.info = info
         self.period_s = period_s
@@ -143,7 +213,7 @@ class Heartbeat(threading.Thread):
         # Workers refill as they take messages; this covers a queue that drained while no
         # message was taken (a producer that died between staging and its own refill).
         self.feeder.refill()
-        queued = self.store.queue_length(self.queue)
+        queued = self.feeder.ready_messages()
         if self.flow.stalled(queued):
             log.warning(
                 "the consumer took no message for %.0f s while %d wait in the queue: "

@@ -31,9 +31,9 @@ from kombu.utils.json import loads
 from redis.exceptions import RedisError
 
 from genq.broker import GENERATE_TASK
+from genq.dead_letters import DeadLetterList
 from genq.schema import DeadLetter, utcnow
 from genq.settings import DEAD_LETTER_MESSAGE_CHARS, MAX_MESSAGE_BYTES
-from genq.worker.work_store import WorkStore
 
 log = logging.getLogger("genq.worker")
 
@@ -44,7 +44,7 @@ class DeadLetters:
     """Refuses messages: one log line each, and an entry in the dead-letter list."""
 
     def __init__(
-        self, store: WorkStore, worker_id: str, queue: str, on_refused: Callable[[], None]
+        self, store: DeadLetterList, worker_id: str, queue: str, on_refused: Callable[[], None]
     ) -> None:
         self.store = store
         self.worker_id = worker_id
@@ -126,6 +126,19 @@ class GuardedChannel(kombu_redis.Channel):  # type: ignore[misc]
     """
 
     refuse: Callable[..., None] = staticmethod(lambda *a, **k: None)
+    _sync_client: Any = None
+
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        # kombu builds a new client (and its table of ~170 reply callbacks, ~0.2 ms) for each
+        # lease it writes and each ack: two per message. One client per connection pool does
+        # the same work; the pool, not the client, holds the connections.
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self._sync_client
+        if client is None or client.connection_pool is not pool:
+            client = self._sync_client = super()._create_client()
+        return client
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -192,8 +205,20 @@ class GuardedChannel(kombu_redis.Channel):  # type: ignore[misc]
         return result
 
 
-def guarded_transport(dead: DeadLetters) -> type[kombu_redis.Transport]:
-    """kombu's Redis transport with :class:`GuardedChannel`, refusing into ``dead``."""
+def guarded_transport(dead: DeadLetters, sentinel: bool = False) -> type[kombu_redis.Transport]:
+    """kombu's Redis transport with :class:`GuardedChannel`, refusing into ``dead``; its
+    Sentinel transport (the primary found through the Sentinels) when ``sentinel``."""
+
+    if sentinel:
+
+        class SentinelChannel(GuardedChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+            refuse = staticmethod(dead.refuse)
+
+        class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
+            pass
+
+        SentinelTransport.Channel = SentinelChannel
+        return SentinelTransport
 
     class Channel(GuardedChannel):
         refuse = staticmethod(dead.refuse)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from genq.schema import Priority
-from genq.worker.batching import batch_key
 from genq.worker.engines.base import Prepared
 
 
@@ -66,7 +65,7 @@ class Item:
     key: Hashable = field(init=False)  # items share a batch only when their keys are equal
 
     def __post_init__(self) -> None:
-        self.key = batch_key(self.prepared.params)
+        self.key = self.prepared.batch_key
 
     @property
     def job_id(self) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import ValidationError
 
 from genq.errors import RefusedMessageError
+from genq.logs import log_batch
 from genq.registry import BatchStats
 from genq.schema import (
     TERMINAL,
@@ -28,8 +29,6 @@ from genq.schema import (
     ItemErrorType,
     ItemResult,
     JobStatus,
-    Timing,
-    Usage,
     WorkChunk,
     WorkItem,
     chat_transcript,
@@ -40,6 +39,7 @@ from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_mem
 from genq.worker.engines.chat import ChatTemplateError, NoChatTemplate
 from genq.worker.item import Delivery, Item
 from genq.worker.metrics import WorkerMetrics
+from genq.worker.results import completed_result, error_result
 from genq.worker.work_store import WorkStore
 
 log = logging.getLogger(__name__)
@@ -120,9 +120,16 @@ class BatchRunner:
             try:
                 ready.append(self._prepare(chunk, item))
             except ItemRejected as e:
-                result = self._result(chunk.job_id, chunk.enqueued_at, item, started)
-                result.error = e.error
-                rejected.append(result)
+                rejected.append(
+                    error_result(
+                        self.worker_id,
+                        chunk.enqueued_at,
+                        item,
+                        started,
+                        e.error.type,
+                        e.error.message,
+                    )
+                )
         if rejected:
             self._record({chunk.job_id: rejected})
         return ready
@@ -188,13 +195,16 @@ class BatchRunner:
         """End an item that was started ``starts`` times without ever ending: each time its
         worker died or stopped mid-item (a crash in the engine, say). It is not run again."""
         prepared = item.prepared
-        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, time.time())
-        result.error = ErrorInfo(
-            type=ItemErrorType.WORKER_LOST.value,
-            message=f"the item was started {starts} times and each time its worker died or "
-            "stopped before it ended (a crash in the model?); it was not tried again",
+        result = error_result(
+            self.worker_id,
+            prepared.enqueued_at,
+            prepared.item,
+            time.time(),
+            ItemErrorType.WORKER_LOST,
+            f"the item was started {starts} times and each time its worker died or stopped "
+            "before it ended (a crash in the model?); it was not tried again",
+            len(prepared.prompt_ids),
         )
-        result.usage = Usage(prompt_tokens=len(prepared.prompt_ids))
         log.error(
             "item %d of job %s: its worker died %d times while generating it; giving up",
             prepared.item.index,
@@ -207,14 +217,11 @@ class BatchRunner:
         if not items:
             return
         now = time.time()
-        results = []
-        for item in items:
-            result = self._result(job_id, enqueued_at, item, now)
-            result.error = ErrorInfo(
-                type=ItemErrorType.EXPIRED.value,
-                message="the job's deadline (expires_in_s) passed before this item was generated",
-            )
-            results.append(result)
+        message = "the job's deadline (expires_in_s) passed before this item was generated"
+        results = [
+            error_result(self.worker_id, enqueued_at, item, now, ItemErrorType.EXPIRED, message)
+            for item in items
+        ]
         self._record({job_id: results})
 
     def process(self, chunks: Sequence[WorkChunk]) -> None:
@@ -260,9 +267,40 @@ class BatchRunner:
         tokens = 0
         for item, generation in done:
             tokens += generation.completion_tokens
-            by_job[item.job_id].append(self._completed(item, generation, rows))
-        self._record(by_job, BatchStats(self.worker_id, rows, len(done), tokens))
+            by_job[item.job_id].append(completed_result(self.worker_id, item, generation, rows))
+        # Rows overlap in a continuous batch: their summed lifetimes over its rows ~ wall time.
+        busy_s = sum(time.time() - item.started_at for item, _ in done) / max(rows, 1)
+        started = min(item.started_at for item, _ in done)
+        self._batch_ended(
+            by_job, [item.prepared for item, _ in done], rows, tokens, started, busy_s
+        )
+
+    def _batch_ended(
+        self,
+        results_by_job: Mapping[str, Sequence[ItemResult]],
+        prepared: Sequence[Prepared],
+        rows: int,
+        tokens: int,
+        started: float,
+        busy_s: float,
+    ) -> None:
+        """Write a batch's results with its worker counters (``busy_s``: its generation,
+        the write excluded), then count it in the metrics and log its line."""
+        stats = BatchStats(self.worker_id, rows, len(prepared), tokens, busy_s)
+        self._record(results_by_job, stats)
         self.metrics.batch(rows, tokens)
+        log_batch(
+            log,
+            self.settings,
+            worker=self.worker_id,
+            engine=self.engine.name,
+            size=rows,
+            items=len(prepared),
+            prompt_tokens=sum(len(p.prompt_ids) for p in prepared),
+            tokens=tokens,
+            ms=(time.time() - started) * 1000,
+            prompt=prepared[0].item.prompt,
+        )
 
     def _record(
         self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None = None
@@ -338,9 +376,9 @@ class BatchRunner:
         tokens = 0
         for item, generation in zip(batch, generations, strict=True):
             tokens += generation.completion_tokens
-            by_job[item.job_id].append(self._completed(item, generation, rows))
-        self._record(by_job, BatchStats(self.worker_id, rows, len(batch), tokens))
-        self.metrics.batch(rows, tokens)
+            by_job[item.job_id].append(completed_result(self.worker_id, item, generation, rows))
+        busy_s = time.time() - started
+        self._batch_ended(by_job, prepared, rows, tokens, started, busy_s)
         self.metrics.kv(batch_cost(prepared), self.budget)
         return []
 
@@ -370,39 +408,17 @@ class BatchRunner:
             exc_info=error,
         )
         kind = ItemErrorType.OUT_OF_MEMORY if oom else ItemErrorType.GENERATION_ERROR
-        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, item.started_at)
-        result.error = ErrorInfo(
-            type=kind.value,
-            message=f"{type(error).__name__}: {error} (after {attempts} attempts)",
+        result = error_result(
+            self.worker_id,
+            prepared.enqueued_at,
+            prepared.item,
+            item.started_at,
+            kind,
+            f"{type(error).__name__}: {error} (after {attempts} attempts)",
+            len(prepared.prompt_ids),
         )
-        result.usage = Usage(prompt_tokens=len(prepared.prompt_ids))
         self._record({prepared.job_id: [result]})
         return []
-
-    def _completed(self, item: Item, generation: Generation, rows: int) -> ItemResult:
-        prepared = item.prepared
-        result = self._result(prepared.job_id, prepared.enqueued_at, prepared.item, item.started_at)
-        result.outputs = generation.outputs
-        result.finish_reasons = generation.finish_reasons
-        result.finish_reason = generation.finish_reasons[0] if generation.finish_reasons else None
-        result.usage = Usage(
-            prompt_tokens=len(prepared.prompt_ids), completion_tokens=generation.completion_tokens
-        )
-        assert result.timing is not None
-        result.timing.batch_size = rows
-        return result
-
-    def _result(
-        self, job_id: str, enqueued_at: float, item: WorkItem, started: float
-    ) -> ItemResult:
-        return ItemResult(
-            custom_id=item.custom_id,
-            index=item.index,
-            prompt=item.prompt,
-            timing=Timing(enqueued_at=enqueued_at, started_at=started, finished_at=time.time()),
-            worker_id=self.worker_id,
-            params=item.overrides,
-        )
 
 
 def _first_problem(error: ValidationError) -> str:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from genq.pipelines import script_pipeline
 from genq.schema import GenerationParams, JobStatus
 from genq.store import JobStore, job_keys
 
@@ -52,7 +53,7 @@ class WorkStore(JobStore):
         number, or minus the number of earlier attempts for an item not counted now."""
         now = repr(time.time())
         jobs = list(items)
-        with self.redis.pipeline(transaction=False) as pipe:
+        with script_pipeline(self.redis) as pipe:
             for job_id in jobs:
                 args: list[str | int] = [now, self.result_ttl_s, int(retry), *items[job_id]]
                 self._start(keys=job_keys(job_id), args=args, client=pipe)

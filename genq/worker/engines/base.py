@@ -10,7 +10,7 @@ back the requests it reports finished), and ``drop``/``clear`` onto ``abort``; i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,6 +18,21 @@ from genq.schema import ChatMessage, FinishReason, GenerationParams, WorkItem
 
 if TYPE_CHECKING:
     from genq.settings import Settings
+
+
+def batch_key(params: GenerationParams) -> Hashable:
+    """Parameters that must be equal for items to share one ``generate`` call."""
+    if not params.do_sample:
+        return ("greedy", params.repetition_penalty, params.num_return_sequences)
+    return (
+        "sample",
+        params.temperature,
+        params.top_k,
+        params.top_p,
+        params.repetition_penalty,
+        params.num_return_sequences,
+        params.seed,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,10 +50,13 @@ class Prepared:
     def params(self) -> GenerationParams:
         return self.item.params
 
-    @property
-    def rows(self) -> int:
-        """Sequences this item adds to a forward pass."""
-        return self.item.params.num_return_sequences
+    # Read for every batch the scheduler plans, so worked out once.
+    rows: int = field(init=False)  # sequences this item adds to a forward pass
+    batch_key: Hashable = field(init=False)  # equal for items that may share a generate call
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rows", self.item.params.num_return_sequences)
+        object.__setattr__(self, "batch_key", batch_key(self.item.params))
 
 
 @dataclass
