@@ -27,7 +27,11 @@ from genq.producer.client import Client
 from genq.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-COMPOSE_SPEC = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
+# The Compose Specification's JSON schema: the shared/ folder's beside the repository when the
+# checkout has one, else the copy kept with the tests (the same file, Apache-2.0, its LICENSE
+# beside it), so that a clone anywhere validates.
+SHARED_COMPOSE_SPEC = ROOT.parent / "shared" / "compose-spec" / "compose-spec.json"
+KEPT_COMPOSE_SPEC = ROOT / "tests" / "data" / "compose-spec" / "compose-spec.json"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 PROVISIONING = ROOT / "deploy" / "grafana" / "provisioning"
@@ -102,14 +106,18 @@ def declared_validator(schema: dict[str, Any]) -> type[Any]:
 
 
 def compose_schema() -> dict[str, Any]:
-    """The Compose Specification's JSON schema, from the shared/ folder beside the repository
-    (a test that needs it fails without it: CI machines have it)."""
-    assert COMPOSE_SPEC.is_file(), (
-        f"the Compose Specification's JSON schema is missing: expected {COMPOSE_SPEC} (the "
-        "shared/ folder beside the repository holds it: shared/compose-spec/compose-spec.json)"
-    )
-    schema: dict[str, Any] = json.loads(COMPOSE_SPEC.read_text())
+    """The Compose Specification's JSON schema: shared/'s when there is one beside the
+    repository, else the copy kept with the tests."""
+    path = SHARED_COMPOSE_SPEC if SHARED_COMPOSE_SPEC.is_file() else KEPT_COMPOSE_SPEC
+    assert path.is_file(), f"the Compose Specification's JSON schema is missing: {path}"
+    schema: dict[str, Any] = json.loads(path.read_text())
     return schema
+
+
+def test_the_kept_compose_schema_is_the_shared_one_when_there_is_one() -> None:
+    if not SHARED_COMPOSE_SPEC.is_file():
+        pytest.skip(f"no shared/ folder beside this checkout ({SHARED_COMPOSE_SPEC.parent})")
+    assert KEPT_COMPOSE_SPEC.read_bytes() == SHARED_COMPOSE_SPEC.read_bytes()
 
 
 def test_the_compose_file_is_valid_against_the_compose_specification(
