@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from genq.producer.cli_options import KeyValue, client_from, limit_option
-from genq.producer.cli_output import emit_rows, print_note
+from genq.producer.cli_output import emit_rows, mean_batch_size, print_note
 from genq.schema import JobStatus
 from genq.submissions import JobQuery
 
@@ -82,7 +82,7 @@ def workers(ctx: click.Context, as_json: bool) -> None:
         return
     rows = []
     for w in infos:
-        mean = sum(k * v for k, v in w.batch_sizes.items()) / max(w.batches, 1)
+        mean = mean_batch_size(w.batch_sizes) or 0.0
         rows.append(
             (
                 w.id,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from typing import IO
 
@@ -128,6 +128,12 @@ def finish(info: JobInfo) -> None:
             f"{info.failed} of {info.total} items failed: `genq results {info.id} --failed` "
             f"shows them, `genq retry {info.id}` submits them again"
         )
+
+
+def mean_batch_size(sizes: Mapping[int, int]) -> float | None:
+    """Mean sequences per batch of a worker's ``batch_sizes`` histogram (None: no batch)."""
+    batches = sum(sizes.values())
+    return sum(k * v for k, v in sizes.items()) / batches if batches else None
 
 
 def emit_rows(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +25,7 @@ from rich.text import Text
 from genq.errors import BrokerUnavailableError
 from genq.feeder import QueueView
 from genq.producer.cli_options import client_from, limit_option
+from genq.producer.cli_output import mean_batch_size
 from genq.producer.client import Client
 from genq.schema import PRIORITIES, UNFINISHED, JobInfo, WorkerInfo
 from genq.settings import redact_url
@@ -54,12 +54,6 @@ def take_sample(client: Client, limit: int) -> Sample:
     return Sample(at, workers, client.queue(), jobs)
 
 
-def _mean_batch(sizes: Mapping[int, int]) -> float | None:
-    """Mean sequences per batch of a ``batch_sizes`` histogram (None: no batch)."""
-    batches = sum(sizes.values())
-    return sum(k * v for k, v in sizes.items()) / batches if batches else None
-
-
 def _rate(now: float, before: float | None, dt: float) -> float | None:
     return None if before is None or dt <= 0 else max(now - before, 0.0) / dt
 
@@ -70,7 +64,7 @@ def _worker(
     recent = None
     if old is not None:
         grown = {k: v - old.batch_sizes.get(k, 0) for k, v in w.batch_sizes.items()}
-        recent = _mean_batch({k: v for k, v in grown.items() if v > 0})
+        recent = mean_batch_size({k: v for k, v in grown.items() if v > 0})
     busy = _rate(w.busy_s, old.busy_s if old else None, dt)
     age = max(at - w.last_seen.timestamp(), 0.0)
     return {
@@ -81,7 +75,7 @@ def _worker(
         "device": w.device,
         "model": w.model,
         "max_batch_size": w.max_batch_size,
-        "mean_batch": _mean_batch(w.batch_sizes),
+        "mean_batch": mean_batch_size(w.batch_sizes),
         "recent_mean_batch": recent,
         "tokens_per_s": _rate(w.tokens, old.tokens if old else None, dt),
         "items_per_s": _rate(w.items, old.items if old else None, dt),
