@@ -40,6 +40,7 @@ import redis
 
 from genq import keyspace
 from genq.connection import stores_split
+from genq.pipelines import ScriptPipeline
 from genq.schema import TERMINAL, JobStatus, Priority, TenantPolicy
 from genq.settings import MIN_AUTO_CHUNK_SIZE, Settings
 from genq.store import as_text
@@ -373,6 +374,11 @@ class Feeder:
         """Top the Celery queue up to GENQ_FEED_DEPTH messages in fair order; returns the
         messages moved."""
         return int(self._refill(args=self._common))
+
+    def refill_in(self, pipe: ScriptPipeline) -> None:
+        """Queue a :meth:`refill` on ``pipe`` (a pipeline on this feeder's Redis), to ride in
+        the round trip of another call: a worker refills with each message it admits."""
+        self._refill(args=self._common, client=pipe)
 
     def drop(self, job_id: str) -> bool:
         """Drop a job's pending messages (it was cancelled): they will never be queued."""

@@ -101,6 +101,9 @@ def create_app(
     message taken tops the queue up from the jobs' pending lists (:mod:`genq.feeder`)."""
     runner, scheduler = loop.runner, loop.scheduler
     barrier = ReplicaBarrier(runner.store.redis, enabled=stores_split(settings))
+    # One Redis for queue and results: each message's refill rides in its admission's round
+    # trip (a round trip costs the consumer thread as much as admitting 5 prompts).
+    rides = None if stores_split(settings) else feeder
     app = celery_app(settings)
     app.conf.broker_transport = guarded_transport(dead, is_sentinel_url(settings.redis_url))
     app.conf.worker_consumer = guarded_consumer(dead)
@@ -161,14 +164,17 @@ def create_app(
             def on_message(
                 message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
             ) -> None:
-                refill(feeder)
+                if rides is None:
+                    refill(feeder)
                 chunk: WorkChunk | None = None
                 try:
                     # Decoding checks the content type: a pickled message raises
                     # ContentDisallowed here, which the guarded consumer refuses, unread.
                     chunk = read_chunk(message.payload if body is None else body)
-                    ready = runner.admit(chunk)
+                    ready = runner.admit(chunk, rides)
                 except RefusedMessageError as e:
+                    if rides is not None:  # refused before its admission, maybe: refill now
+                        refill(feeder)
                     refused(message, str(e), chunk.job_id if chunk is not None else None)
                     return
                 except _REDIS_AWAY as e:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import ValidationError
 
 from genq.errors import RefusedMessageError
+from genq.feeder import Feeder
 from genq.logs import log_batch
 from genq.registry import BatchStats
 from genq.schema import (
@@ -73,8 +74,9 @@ class BatchRunner:
         self.budget = self.configured_budget  # padded tokens per batch; lowered after an OOM
         self._since_oom = 0
 
-    def admit(self, chunk: WorkChunk) -> list[Prepared]:
-        """The chunk's items that still need generating, tokenised and checked.
+    def admit(self, chunk: WorkChunk, refill: Feeder | None = None) -> list[Prepared]:
+        """The chunk's items that still need generating, tokenised and checked (``refill``:
+        a feeder on the store's Redis, refilled in the same round trip).
 
         Items that cannot run (too long for the context, ...) get their error result here. A
         chunk that does not match its job's record (no such job, an index outside the job, a
@@ -82,7 +84,7 @@ class BatchRunner:
         nothing of the job changes.
         """
         self._check_limits(chunk)
-        admission = self.store.admit(chunk.job_id, [item.index for item in chunk.items])
+        admission = self.store.admit(chunk.job_id, [item.index for item in chunk.items], refill)
         if admission.status is None:
             raise RefusedMessageError(
                 f"it names job {chunk.job_id}, which does not exist (never submitted to this "

@@ -3,13 +3,17 @@ attempts of the items it starts. Results are written through :meth:`JobStore.rec
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from genq.feeder import Feeder
 from genq.pipelines import script_pipeline
 from genq.schema import GenerationParams, JobStatus
 from genq.store import JobStore, job_keys
+
+log = logging.getLogger("genq.worker")
 
 
 @dataclass(frozen=True)
@@ -26,16 +30,29 @@ class Admission:
 class WorkStore(JobStore):
     """Jobs as a worker sees them: each message admitted, each item's attempts counted."""
 
-    def admit(self, job_id: str, indexes: Sequence[int]) -> Admission:
+    def admit(self, job_id: str, indexes: Sequence[int], refill: Feeder | None = None) -> Admission:
         """Check a message's item ``indexes`` against the job's record and mark the job
         running; return what the worker needs to run them (see :class:`Admission`).
 
-        One round trip: a worker calls it for every message it receives. A message with an
+        One round trip: a worker calls it for every message it receives, and ``refill`` (a
+        feeder on this same Redis) tops the queue up in it too; a refill that fails is logged,
+        not raised (the next message's or heartbeat's refill tries again). A message with an
         index that is not one of the job's changes nothing.
         """
         keys = job_keys(job_id)
         args: list[str | int] = [repr(time.time()), self.result_ttl_s, *indexes]
-        status, total, params, done, bad = self._admit(keys=keys, args=args)
+        pipe = script_pipeline(self.redis)
+        with pipe:
+            if refill is not None:
+                refill.refill_in(pipe)
+            self._admit(keys=keys, args=args, client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+        if refill is not None and isinstance(replies[0], Exception):
+            log.warning("could not refill the queue from the jobs' pending lists: %s", replies[0])
+        admitted = replies[-1]
+        if isinstance(admitted, Exception):
+            raise admitted
+        status, total, params, done, bad = admitted
         return Admission(
             status=JobStatus(status) if status else None,
             total=int(total),
