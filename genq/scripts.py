@@ -97,19 +97,27 @@ redis.call('EXPIRE', KEYS[4], ttl)
 return {{'ok'}}
 """
 
-# KEYS: job, results, attempts, outbox. ARGV: now, ttl_s, then (index, ok, json) triples.
+# KEYS: job, results, attempts, outbox, and kombu's unacked hash and index when ARGV[3] > 0.
+# ARGV: now, ttl_s, a count n of delivery tags, the n tags, then (index, ok, json) triples.
 # Returns {results that were new, results refused (index outside 0..total-1), then the indexes
-# of the new ones}; {-1, 0} when the job no longer exists.
+# of the new ones}; {-1, 0} when the job no longer exists. The n messages (whose every item
+# ends with these results) lose their leases in the same step: kombu's ack, done here so that
+# no message ever outlives its results, and without a round trip of its own.
 RECORD = (
     _NOTIFY
     + _VALID_INDEX
     + f"""
+local settled = tonumber(ARGV[3])
+for i = 4, 3 + settled do
+  redis.call('HDEL', KEYS[5], ARGV[i])
+  redis.call('ZREM', KEYS[6], ARGV[i])
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
 local terminal = {_TERMINAL}
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 local new_ok, new_failed, refused = 0, 0, 0
 local added = {{}}
-for i = 3, #ARGV, 3 do
+for i = 4 + settled, #ARGV, 3 do
   if not valid_index(ARGV[i], total) then
     refused = refused + 1
   elseif redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 2]) == 1 then

@@ -22,6 +22,7 @@ from genq.dead_letters import DeadLetterList
 from genq.errors import (
     JobNotFoundError,
 )
+from genq.leases import unacked_index_key, unacked_key
 from genq.pipelines import script_pipeline
 from genq.registry import BatchStats, WorkerRecords
 from genq.schema import (
@@ -106,16 +107,25 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         """
         return {
             job: len(new) if new is not None else -1
-            for job, new in self._write(results_by_job, batch).items()
+            for job, new in self._write(results_by_job, batch, {}).items()
         }
 
     def record_new(
-        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None = None
+        self,
+        results_by_job: Mapping[str, Sequence[ItemResult]],
+        batch: BatchStats | None = None,
+        settle: Mapping[str, Sequence[str]] | None = None,
     ) -> list[ItemResult]:
         """:meth:`record`, returning the results that were stored (not those an earlier
-        delivery had written already): what a worker's metrics count, exactly once."""
+        delivery had written already): what a worker's metrics count, exactly once.
+
+        ``settle``: per job, the delivery tags of queue messages that end with these results
+        (every item of theirs ends here): their leases go in the same script as the results,
+        which is their ack, so kombu's ack must then not touch Redis. Only where kombu's keys
+        are on this Redis (the broker is the results store).
+        """
         stored: list[ItemResult] = []
-        for job_id, new in self._write(results_by_job, batch).items():
+        for job_id, new in self._write(results_by_job, batch, settle or {}).items():
             left = set(new or ())
             for result in results_by_job[job_id]:
                 if result.index in left:  # the first of two copies is the one written
@@ -124,7 +134,10 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
         return stored
 
     def _write(
-        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None
+        self,
+        results_by_job: Mapping[str, Sequence[ItemResult]],
+        batch: BatchStats | None,
+        settle: Mapping[str, Sequence[str]],
     ) -> dict[str, list[int] | None]:
         """Per job, the indexes whose results were new (None: the job no longer exists)."""
         now = repr(time.time())
@@ -133,10 +146,13 @@ class JobStore(WorkerRecords, DeadLetterList, ServerFacts):
             if batch is not None:
                 self._count_batch(pipe, batch)
             for job_id in jobs:
-                args: list[str | int] = [now, self.result_ttl_s]
+                tags = settle.get(job_id, ())
+                args: list[str | int] = [now, self.result_ttl_s, len(tags), *tags]
                 for result in results_by_job[job_id]:
                     args += [result.index, "1" if result.ok else "0", result.model_dump_json()]
                 keys = job_keys(job_id)
+                if tags:
+                    keys += [unacked_key(), unacked_index_key()]
                 self._record(keys=keys, args=args, client=pipe)
             replies = pipe.execute()
         written: dict[str, list[int] | None] = {}

@@ -148,6 +148,12 @@ def create_app(
                     events.succeeded(message)
                 flow.update()
 
+            def acknowledge_settled(message: Any) -> None:
+                # Its lease went with its last results (RECORD): kombu's ack keeps its own
+                # books and leaves Redis alone (guard.SettledQoS).
+                message.channel.qos.settled.add(message.delivery_tag)
+                acknowledge(message)
+
             def acknowledge_later(message: Any, written_at: float, generation: int) -> None:
                 if generation != flow.channel_generation:
                     return  # a new channel: the message went back to the queue with the old one
@@ -194,9 +200,17 @@ def create_app(
                     str(message.delivery_tag),
                     chunk.job_id,
                     len(ready),
-                    lambda: consumer.call_soon(acknowledge, message, time.monotonic()),
+                    lambda: None,
                     priority=chunk.priority,
                 )
+
+                def when_done() -> None:
+                    if delivery.settling:
+                        consumer.call_soon(acknowledge_settled, message)
+                    else:
+                        consumer.call_soon(acknowledge, message, time.monotonic())
+
+                delivery.ack = when_done
                 scheduler.add(delivery, ready)
                 if events is not None:
                     events.received(message, chunk, len(ready))

@@ -198,8 +198,8 @@ class Heartbeat(threading.Thread):
 
     def beat(self) -> None:
         lost = self.leases.renew(self.scheduler.held_tags())
-        # A tag acked since the snapshot is not held any more: release() skips it.
-        released, dropped = self.scheduler.release(lost) if lost else ([], 0)
+        # A tag acked since the snapshot is not held any more: release_lost() skips it.
+        released, dropped = self.scheduler.release_lost(lost) if lost else ([], 0)
         if released:
             self.flow.lost(len(released))
             log.warning(

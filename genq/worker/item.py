@@ -36,6 +36,9 @@ class Delivery:
     ack: Callable[[], None]
     done: bool = False
     priority: Priority = Priority.NORMAL  # the job's, carried by the message
+    # Its lease goes with the results being written now (its ack, in their script): the
+    # heartbeat stops renewing it, and a lease found gone meanwhile is not a lost one.
+    settling: bool = False
 
 
 class ItemStatus(Enum):

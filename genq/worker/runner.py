@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
 from pydantic import ValidationError
 
+from genq.connection import stores_split
 from genq.errors import RefusedMessageError
 from genq.feeder import Feeder
 from genq.logs import log_batch
@@ -70,6 +71,8 @@ class BatchRunner:
         self.metrics = metrics or WorkerMetrics()
         self.settings = settings
         self.worker_id = worker_id
+        # kombu's keys are on the results' Redis: a message's ack rides with its last results.
+        self.settles_leases = not stores_split(settings)
         self.configured_budget = settings.resolved_max_batch_tokens(engine.device)
         self.budget = self.configured_budget  # padded tokens per batch; lowered after an OOM
         self._since_oom = 0
@@ -273,23 +276,29 @@ class BatchRunner:
         # Rows overlap in a continuous batch: their summed lifetimes over its rows ~ wall time.
         busy_s = sum(time.time() - item.started_at for item, _ in done) / max(rows, 1)
         started = min(item.started_at for item, _ in done)
-        self._batch_ended(
-            by_job, [item.prepared for item, _ in done], rows, tokens, started, busy_s
-        )
+        self._batch_ended(by_job, [item for item, _ in done], rows, tokens, started, busy_s)
 
     def _batch_ended(
         self,
         results_by_job: Mapping[str, Sequence[ItemResult]],
-        prepared: Sequence[Prepared],
+        items: Sequence[Item],
         rows: int,
         tokens: int,
         started: float,
         busy_s: float,
     ) -> None:
         """Write a batch's results with its worker counters (``busy_s``: its generation,
-        the write excluded), then count it in the metrics and log its line."""
+        the write excluded) and the acks of the messages they end, then count it in the
+        metrics and log its line."""
+        prepared = [item.prepared for item in items]
         stats = BatchStats(self.worker_id, rows, len(prepared), tokens, busy_s)
-        self._record(results_by_job, stats)
+        settling = self._settling(items)
+        try:
+            self.metrics.results(self.store.record_new(results_by_job, stats, settling))
+        except Exception:
+            for item in items:
+                item.delivery.settling = False  # written or not, the loop writes them again
+            raise
         self.metrics.batch(rows, tokens)
         log_batch(
             log,
@@ -304,11 +313,23 @@ class BatchRunner:
             prompt=prepared[0].item.prompt,
         )
 
-    def _record(
-        self, results_by_job: Mapping[str, Sequence[ItemResult]], batch: BatchStats | None = None
-    ) -> None:
+    def _record(self, results_by_job: Mapping[str, Sequence[ItemResult]]) -> None:
         """Write results (first write wins) and count in the metrics the ones written."""
-        self.metrics.results(self.store.record_new(results_by_job, batch))
+        self.metrics.results(self.store.record_new(results_by_job))
+
+    def _settling(self, items: Sequence[Item]) -> dict[str, list[str]]:
+        """Per job, the tags of the messages whose every unfinished item is in ``items``,
+        marked ``settling``: their leases end with these items' results (their ack)."""
+        settle: dict[str, list[str]] = defaultdict(list)
+        if not self.settles_leases:
+            return settle
+        ending = Counter(item.delivery for item in items)
+        for delivery, count in ending.items():
+            # A message not from a queue has no tag; one released is not this worker's to ack.
+            if delivery.tag and not delivery.done and delivery.remaining == count:
+                delivery.settling = True
+                settle[delivery.job_id].append(delivery.tag)
+        return settle
 
     def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
         ids = self.engine.encode(self._text(item))
@@ -380,7 +401,7 @@ class BatchRunner:
             tokens += generation.completion_tokens
             by_job[item.job_id].append(completed_result(self.worker_id, item, generation, rows))
         busy_s = time.time() - started
-        self._batch_ended(by_job, prepared, rows, tokens, started, busy_s)
+        self._batch_ended(by_job, batch, rows, tokens, started, busy_s)
         self.metrics.kv(batch_cost(prepared), self.budget)
         return []
 

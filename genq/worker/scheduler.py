@@ -95,9 +95,10 @@ class Scheduler:
             return sum(delivery.remaining for delivery in self._held.values())
 
     def held_tags(self) -> list[str]:
-        """Delivery tags of the messages held, whose leases the heartbeat renews."""
+        """Delivery tags of the messages held, whose leases the heartbeat renews (not those
+        whose lease ends with the results being written)."""
         with self._cond:
-            return list(self._held)
+            return [tag for tag, delivery in self._held.items() if not delivery.settling]
 
     def next_batch(self) -> list[Item] | None:
         """The next batch to run, or None once the scheduler is closed."""
@@ -222,6 +223,13 @@ class Scheduler:
         the number of items dropped."""
         with self._cond:
             return self._release(list(self._held) if tags is None else tags)
+
+    def release_lost(self, tags: Collection[str]) -> tuple[list[str], int]:
+        """:meth:`release` the messages whose leases were found gone (by ``tags``), except
+        those whose results took their leases with them (settling) meanwhile."""
+        with self._cond:
+            lost = [t for t in tags if t in self._held and not self._held[t].settling]
+            return self._release(lost)
 
     def _release(self, tags: Collection[str]) -> tuple[list[str], int]:
         released = [t for t in tags if t in self._held]
