@@ -1,4 +1,6 @@
-"""Leases on queue messages: everything genq knows about kombu's ack emulation in Redis.
+"""Leases on queue messages: what genq knows about kombu's ack emulation in Redis (the one
+other place that touches these keys is the results script, :data:`genq.scripts.RECORD`, which
+removes a message's lease with the results that end it: its ack).
 
 kombu's Redis transport keeps each message a worker holds (received, not yet acknowledged) in
 ``genq:celery:unacked`` (delivery tag -> message) and ``genq:celery:unacked_index`` (delivery

@@ -108,11 +108,15 @@ RECORD = (
     + _VALID_INDEX
     + f"""
 local settled = tonumber(ARGV[3])
-for i = 4, 3 + settled do
-  redis.call('HDEL', KEYS[5], ARGV[i])
-  redis.call('ZREM', KEYS[6], ARGV[i])
+-- Last, after every other write: a script that fails midway keeps what it wrote, and a lease
+-- must never go unless the results went first.
+local function settle()
+  for i = 4, 3 + settled do
+    redis.call('ZREM', KEYS[6], ARGV[i])
+    redis.call('HDEL', KEYS[5], ARGV[i])
+  end
 end
-if redis.call('EXISTS', KEYS[1]) == 0 then return {{-1, 0}} end
+if redis.call('EXISTS', KEYS[1]) == 0 then settle() return {{-1, 0}} end
 local terminal = {_TERMINAL}
 local total = tonumber(redis.call('HGET', KEYS[1], 'total'))
 local new_ok, new_failed, refused = 0, 0, 0
@@ -148,6 +152,7 @@ else
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 end
+settle()
 local reply = {{new_ok + new_failed, refused}}
 for _, index in ipairs(added) do table.insert(reply, index) end
 return reply

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from genq import leases
 from genq.connection import connect
 from genq.producer.client import Client
 from genq.schema import JobStatus, Priority, WorkChunk
@@ -90,6 +91,45 @@ def test_a_redelivered_chunk_produces_no_second_result(
     assert client.store.results(job_id) == first
     info = store.get(job_id)
     assert (info.completed, info.failed, info.status) == (3, 0, JobStatus.COMPLETED)
+
+
+def test_the_batch_that_ends_a_message_takes_its_lease_with_its_results(
+    client: Client, store: WorkStore, settings: Settings
+) -> None:
+    job_id, chunk = chunk_for(client, ["a", "b", "c"])
+    runner = BatchRunner(NullEngine(), store, settings, "w")
+    ready = runner.admit(chunk)
+    delivery = Delivery("tag-runner", job_id, len(ready), lambda: None)
+    first, *rest = [Item(p, delivery, seq, attempts=1) for seq, p in enumerate(ready)]
+    store.redis.hset(leases.unacked_key(), "tag-runner", "[message]")
+    store.redis.zadd(leases.unacked_index_key(), {"tag-runner": time.time()})
+    assert runner.run([first]) == []
+    # One item of three ended: the message is still held, under its lease.
+    assert not delivery.settling
+    assert store.redis.hexists(leases.unacked_key(), "tag-runner")
+    delivery.remaining -= 1  # what the engine loop's Scheduler.complete counts
+    assert runner.run(rest) == []
+    assert delivery.settling
+    assert not store.redis.hexists(leases.unacked_key(), "tag-runner")
+    assert store.redis.zscore(leases.unacked_index_key(), "tag-runner") is None
+    assert store.get(job_id).status is JobStatus.COMPLETED
+
+
+def test_a_worker_whose_results_are_on_another_redis_leaves_acks_to_kombu(
+    client: Client, settings: Settings, store: WorkStore
+) -> None:
+    # The store is this Redis either way: only the setting says kombu's keys are elsewhere.
+    other = settings.model_copy(update={"results_url": "redis://elsewhere:6379/0"})
+    runner = BatchRunner(NullEngine(), store, other, "w")
+    job_id, chunk = chunk_for(client, ["a", "b"])
+    ready = runner.admit(chunk)
+    delivery = Delivery("tag-split", job_id, len(ready), lambda: None)
+    store.redis.hset(leases.unacked_key(), "tag-split", "[message]")
+    assert runner.run([Item(p, delivery, seq, attempts=1) for seq, p in enumerate(ready)]) == []
+    assert store.get(job_id).status is JobStatus.COMPLETED
+    assert not delivery.settling
+    assert store.redis.hexists(leases.unacked_key(), "tag-split")  # kombu's ack removes it
+    store.redis.hdel(leases.unacked_key(), "tag-split")
 
 
 def test_items_of_a_cancelled_job_are_not_generated(

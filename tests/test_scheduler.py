@@ -165,6 +165,21 @@ def test_a_released_message_is_never_acked_and_its_waiting_items_leave() -> None
     assert acks.acked == ["b"]
 
 
+def test_a_message_whose_lease_goes_with_its_results_is_neither_renewed_nor_released() -> None:
+    acks = Acks()
+    scheduler = Scheduler(max_batch_size=2, max_batch_tokens=10_000, max_wait_ms=1)
+    scheduler.add(acks.delivery("a", 2), items("job-a", 2))
+    scheduler.add(acks.delivery("b", 1), items("job-b", 1))
+    running = scheduler.next_batch() or []
+    assert jobs_of(running) == ["job-a", "job-a"]
+    running[0].delivery.settling = True  # the runner writes a's last results with its ack
+    assert scheduler.held_tags() == ["tag-b"]  # a's lease is not renewed meanwhile
+    # The heartbeat's renewal found both leases gone: a's went with its results, b's expired.
+    assert scheduler.release_lost(["tag-a", "tag-b"]) == (["tag-b"], 1)
+    scheduler.complete(running)
+    assert acks.acked == ["a"]
+
+
 def test_a_redelivered_tag_replaces_its_earlier_delivery_which_is_never_acked() -> None:
     acks = Acks()
     scheduler = Scheduler(max_batch_size=4, max_batch_tokens=10_000, max_wait_ms=1)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import RedisProcess, valkey_binary
 
-from genq import keyspace
+from genq import keyspace, leases
 from genq.connection import connect
 from genq.errors import IdempotencyConflictError, JobNotFoundError
 from genq.producer.client import Client, new_job_id
@@ -170,6 +172,74 @@ def test_record_reports_new_results_per_job_alongside_batch_counters(store: Stor
     a, b = make_job(store, 2), make_job(store, 2)
     batch = BatchStats("w-record", sequences=3, items=3, tokens=9)
     assert store.record({a: [result(0), result(1)], b: [result(0)]}, batch) == {a: 2, b: 1}
+
+
+@pytest.fixture
+def hold(store: Store) -> Iterator[Callable[..., None]]:
+    """Writes leases as kombu does when a worker takes messages; removes them afterwards."""
+    written: list[str] = []
+
+    def hold(*tags: str) -> None:
+        for tag in tags:
+            store.redis.hset(leases.unacked_key(), tag, "[message]")
+            store.redis.zadd(leases.unacked_index_key(), {tag: time.time()})
+        written.extend(tags)
+
+    yield hold
+    if written:
+        store.redis.hdel(leases.unacked_key(), *written)
+        store.redis.zrem(leases.unacked_index_key(), *written)
+
+
+def held(store: Store, *tags: str) -> list[str]:
+    """Which of ``tags`` are still leased: in kombu's hash and its index both (never one)."""
+    in_hash = [t for t in tags if store.redis.hexists(leases.unacked_key(), t)]
+    in_index = [t for t in tags if store.redis.zscore(leases.unacked_index_key(), t) is not None]
+    assert in_hash == in_index
+    return in_hash
+
+
+def test_results_that_end_a_message_take_its_lease_with_them(
+    store: Store, hold: Callable[..., None]
+) -> None:
+    a, b = make_job(store, 2), make_job(store, 2)
+    hold("tag-ends-a", "tag-ends-b", "tag-stays")
+    stored = store.record_new(
+        {a: [result(0), result(1)], b: [result(0)]},
+        settle={a: ["tag-ends-a"], b: ["tag-ends-b"]},
+    )
+    assert sorted((r.index, r.prompt) for r in stored) == [(0, "p0"), (0, "p0"), (1, "p1")]
+    assert held(store, "tag-ends-a", "tag-ends-b", "tag-stays") == ["tag-stays"]
+    assert store.get(a).status is JobStatus.COMPLETED
+
+
+def test_a_results_write_without_messages_to_settle_leaves_every_lease(
+    store: Store, hold: Callable[..., None]
+) -> None:
+    job_id = make_job(store, 1)
+    hold("tag-held")
+    assert store.record({job_id: [result(0)]}) == {job_id: 1}
+    store.record_new({job_id: [result(0)]})
+    assert held(store, "tag-held") == ["tag-held"]
+
+
+def test_a_results_write_that_fails_keeps_the_lease_of_the_message(
+    store: Store, hold: Callable[..., None]
+) -> None:
+    job_id = make_job(store, 1)
+    hold("tag-kept")
+    store.redis.set(keyspace.results(job_id), "not a hash")  # the script fails on HSETNX
+    with pytest.raises(redis.exceptions.ResponseError):
+        store.record_new({job_id: [result(0)]}, settle={job_id: ["tag-kept"]})
+    assert held(store, "tag-kept") == ["tag-kept"]
+
+
+def test_a_message_of_a_vanished_job_is_settled_with_nothing_written(
+    store: Store, hold: Callable[..., None]
+) -> None:
+    hold("tag-gone")
+    assert store.record_new({"gone": [result(0)]}, settle={"gone": ["tag-gone"]}) == []
+    assert held(store, "tag-gone") == []
 
 
 def test_a_heartbeat_never_recreates_a_removed_worker(store: Store) -> None:

@@ -172,6 +172,18 @@ def create_app(
             ) -> None:
                 if rides is None:
                     refill(feeder)
+                    take(message, body, reject)
+                    return
+                refilled = False
+                try:
+                    refilled = take(message, body, reject)
+                finally:  # refused, requeued or raised: refill without the admission
+                    if not refilled:
+                        refill(feeder)
+
+            def take(message: Any, body: Any, reject: Any) -> bool:
+                """Admit the message into the pool; whether it was admitted (and, where
+                ``rides`` is set, the queue refilled in the same round trip)."""
                 chunk: WorkChunk | None = None
                 try:
                     # Decoding checks the content type: a pickled message raises
@@ -179,22 +191,20 @@ def create_app(
                     chunk = read_chunk(message.payload if body is None else body)
                     ready = runner.admit(chunk, rides)
                 except RefusedMessageError as e:
-                    if rides is not None:  # refused before its admission, maybe: refill now
-                        refill(feeder)
                     refused(message, str(e), chunk.job_id if chunk is not None else None)
-                    return
+                    return False
                 except _REDIS_AWAY as e:
                     # Redis is away, loading, read-only (failover) or full: hand the message
                     # back for later.
                     log.warning("could not admit message (%s); requeueing it", e)
                     reject(log, errors, True)
-                    return
+                    return False
                 except RedisError as e:
                     # An answer that will be the same next time (a script error, a record of
                     # another version): requeueing would spin on the message forever.
                     reason = f"Redis refused to admit it ({type(e).__name__}: {e})"
                     refused(message, reason, chunk.job_id if chunk is not None else None)
-                    return
+                    return False
                 # The engine thread finishes deliveries; the ack itself runs on this thread.
                 delivery = Delivery(
                     str(message.delivery_tag),
@@ -216,6 +226,7 @@ def create_app(
                     events.received(message, chunk, len(ready))
                 flow.touch()
                 flow.update()
+                return True
 
             return on_message
 
@@ -247,7 +258,8 @@ def create_app(
         def shutdown(self, c: Any) -> None:
             # Warm shutdown: the rows in flight finish and their results are written; then
             # kombu restores every unacknowledged message as the connection closes (finished
-            # ones too, if their ack did not go out: a rerun skips them).
+            # ones too, if their ack did not go out, unless their lease went with their
+            # results: a rerun skips them).
             scheduler.close()
             loop.join(SHUTDOWN_GRACE_S + 10)
             _, dropped = scheduler.release()

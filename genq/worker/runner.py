@@ -294,11 +294,14 @@ class BatchRunner:
         stats = BatchStats(self.worker_id, rows, len(prepared), tokens, busy_s)
         settling = self._settling(items)
         try:
-            self.metrics.results(self.store.record_new(results_by_job, stats, settling))
+            stored = self.store.record_new(results_by_job, stats, settling)
         except Exception:
+            # Written or not (a lost reply), the loop writes them again, settling them then;
+            # until then their leases are renewed (one already gone shows as lost: harmless).
             for item in items:
-                item.delivery.settling = False  # written or not, the loop writes them again
+                item.delivery.settling = False
             raise
+        self.metrics.results(stored)
         self.metrics.batch(rows, tokens)
         log_batch(
             log,

@@ -12,7 +12,8 @@ pass, sorted so that little is padded.
 A message the worker can no longer acknowledge (its lease was lost, or the broker connection
 it came on was closed) is *released*: its waiting prompts leave the pool, and the ones already
 in a batch still finish and write their results, but it is never acknowledged: the broker
-hands it to a worker again, which skips the items that have results.
+hands it to a worker again, which skips the items that have results (unless the results that
+ended its last items took its lease with them: see ``Delivery.settling``).
 """
 
 from __future__ import annotations

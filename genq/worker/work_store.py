@@ -35,9 +35,10 @@ class WorkStore(JobStore):
         running; return what the worker needs to run them (see :class:`Admission`).
 
         One round trip: a worker calls it for every message it receives, and ``refill`` (a
-        feeder on this same Redis) tops the queue up in it too; a refill that fails is logged,
-        not raised (the next message's or heartbeat's refill tries again). A message with an
-        index that is not one of the job's changes nothing.
+        feeder on this same Redis) tops the queue up in it too. A refill the server refuses
+        is logged, not raised (the next message's or heartbeat's refill tries again); a lost
+        connection fails both, as it would have failed the admission alone. A message with
+        an index that is not one of the job's changes nothing.
         """
         keys = job_keys(job_id)
         args: list[str | int] = [repr(time.time()), self.result_ttl_s, *indexes]
