@@ -1,6 +1,7 @@
-"""Leases on queue messages: what genq knows about kombu's ack emulation in Redis (the one
-other place that touches these keys is the results script, :data:`genq.scripts.RECORD`, which
-removes a message's lease with the results that end it: its ack).
+"""Leases on queue messages: what genq knows about kombu's ack emulation in Redis (two other
+places touch these keys where queue and results share one Redis: the results script,
+:data:`genq.scripts.RECORD`, which removes a message's lease with the results that end it, its
+ack; and :data:`LEASE`, which writes a message's lease in its admission's round trip).
 
 kombu's Redis transport keeps each message a worker holds (received, not yet acknowledged) in
 ``genq:celery:unacked`` (delivery tag -> message) and ``genq:celery:unacked_index`` (delivery
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -42,6 +44,25 @@ for i = 2, #ARGV do
 end
 return lost
 """
+
+
+# KEYS: kombu's unacked hash and index. ARGV: delivery tag, now, the held message as kombu
+# keeps it. Writes a message's lease as kombu's own transaction does, in the admission's
+# round trip (genq.worker.qos).
+LEASE = """
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A message's lease as kombu writes it: its delivery tag and the held message (JSON of
+    [message, exchange, routing key], what kombu requeues it from)."""
+
+    tag: str
+    message: str
 
 
 def unacked_key() -> str:

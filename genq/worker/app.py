@@ -100,12 +100,15 @@ def create_app(
     every message it cannot use is refused into ``dead`` (see :mod:`genq.worker.guard`). Each
     message taken tops the queue up from the jobs' pending lists (:mod:`genq.feeder`)."""
     runner, scheduler = loop.runner, loop.scheduler
-    barrier = ReplicaBarrier(runner.store.redis, enabled=stores_split(settings))
-    # One Redis for queue and results: each message's refill rides in its admission's round
-    # trip (measured: worker CPU -12 % on a 20,000-prompt job, docs/scaling.md).
-    rides = None if stores_split(settings) else feeder
+    split = stores_split(settings)
+    barrier = ReplicaBarrier(runner.store.redis, enabled=split)
+    # One Redis for queue and results: each message's refill and lease ride in its
+    # admission's round trip (docs/scaling.md, "Queue path before and after").
+    rides = None if split else feeder
     app = celery_app(settings)
-    app.conf.broker_transport = guarded_transport(dead, is_sentinel_url(settings.redis_url))
+    app.conf.broker_transport = guarded_transport(
+        dead, is_sentinel_url(settings.redis_url), leases_ride=not split
+    )
     app.conf.worker_consumer = guarded_consumer(dead)
     app.conf.worker_prefetch_multiplier = 1  # FlowControl moves the window from there
     # genq's messages never run as Celery tasks (the engine loop runs them), so there is
@@ -150,7 +153,7 @@ def create_app(
 
             def acknowledge_settled(message: Any) -> None:
                 # Its lease went with its last results (RECORD): kombu's ack keeps its own
-                # books and leaves Redis alone (guard.SettledQoS).
+                # books and leaves Redis alone (qos.RidingQoS).
                 message.channel.qos.settled.add(message.delivery_tag)
                 acknowledge(message)
 
@@ -189,7 +192,11 @@ def create_app(
                     # Decoding checks the content type: a pickled message raises
                     # ContentDisallowed here, which the guarded consumer refuses, unread.
                     chunk = read_chunk(message.payload if body is None else body)
-                    ready = runner.admit(chunk, rides)
+                    qos = message.channel.qos  # RidingQoS: the lease, where it rides here
+                    lease = qos.lease(message.delivery_tag)
+                    ready = runner.admit(chunk, rides, lease)
+                    if lease is not None:
+                        qos.leased(message.delivery_tag)
                 except RefusedMessageError as e:
                     refused(message, str(e), chunk.job_id if chunk is not None else None)
                     return False

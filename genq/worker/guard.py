@@ -26,7 +26,6 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from redis.exceptions import RedisError
@@ -35,6 +34,7 @@ from genq.broker import GENERATE_TASK
 from genq.dead_letters import DeadLetterList
 from genq.schema import DeadLetter, utcnow
 from genq.settings import DEAD_LETTER_MESSAGE_CHARS, MAX_MESSAGE_BYTES
+from genq.worker.qos import RidingQoS
 
 log = logging.getLogger("genq.worker")
 
@@ -119,23 +119,6 @@ def envelope_problem(payload: Any) -> str | None:
     return None
 
 
-class SettledQoS(kombu_redis.QoS):  # type: ignore[misc]
-    """kombu's ack emulation, told of the messages whose leases genq removed from Redis in
-    the script that wrote their last results (``settled``, delivery tags): acking one of
-    those keeps kombu's own books only, without the round trip of removing it again."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.settled: set[str] = set()
-
-    def ack(self, delivery_tag: str) -> None:
-        if delivery_tag in self.settled:
-            self.settled.discard(delivery_tag)
-            kombu_virtual.QoS.ack(self, delivery_tag)
-        else:
-            super().ack(delivery_tag)
-
-
 class GuardedChannel(kombu_redis.Channel):  # type: ignore[misc]
     """kombu's Redis channel, refusing queue items it would crash on (see the module doc).
 
@@ -143,7 +126,8 @@ class GuardedChannel(kombu_redis.Channel):  # type: ignore[misc]
     and delivering it: kombu offers no hook there, and its ``loads`` runs in between.
     """
 
-    QoS = SettledQoS
+    QoS = RidingQoS
+    leases_ride = False  # True: each message's lease is written in its admission (RidingQoS)
     refuse: Callable[..., None] = staticmethod(lambda *a, **k: None)
     _sync_client: Any = None
 
@@ -224,14 +208,20 @@ class GuardedChannel(kombu_redis.Channel):  # type: ignore[misc]
         return result
 
 
-def guarded_transport(dead: DeadLetters, sentinel: bool = False) -> type[kombu_redis.Transport]:
+def guarded_transport(
+    dead: DeadLetters, sentinel: bool = False, leases_ride: bool = False
+) -> type[kombu_redis.Transport]:
     """kombu's Redis transport with :class:`GuardedChannel`, refusing into ``dead``; its
-    Sentinel transport (the primary found through the Sentinels) when ``sentinel``."""
+    Sentinel transport (the primary found through the Sentinels) when ``sentinel``;
+    ``leases_ride``: each message's lease is written by its admission (:mod:`genq.worker.qos`),
+    where the broker is the results store."""
+    ride = leases_ride
 
     if sentinel:
 
         class SentinelChannel(GuardedChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
             refuse = staticmethod(dead.refuse)
+            leases_ride = ride
 
         class SentinelTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
             pass
@@ -241,6 +231,7 @@ def guarded_transport(dead: DeadLetters, sentinel: bool = False) -> type[kombu_r
 
     class Channel(GuardedChannel):
         refuse = staticmethod(dead.refuse)
+        leases_ride = ride
 
     class Transport(kombu_redis.Transport):  # type: ignore[misc]
         pass

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from genq.connection import stores_split
 from genq.errors import RefusedMessageError
 from genq.feeder import Feeder
+from genq.leases import Lease
 from genq.logs import log_batch
 from genq.registry import BatchStats
 from genq.schema import (
@@ -77,9 +78,12 @@ class BatchRunner:
         self.budget = self.configured_budget  # padded tokens per batch; lowered after an OOM
         self._since_oom = 0
 
-    def admit(self, chunk: WorkChunk, refill: Feeder | None = None) -> list[Prepared]:
+    def admit(
+        self, chunk: WorkChunk, refill: Feeder | None = None, lease: Lease | None = None
+    ) -> list[Prepared]:
         """The chunk's items that still need generating, tokenised and checked (``refill``:
-        a feeder on the store's Redis, refilled in the same round trip).
+        a feeder on the store's Redis, refilled in the same round trip; ``lease``: the
+        message's, written in it: :meth:`WorkStore.admit`).
 
         Items that cannot run (too long for the context, ...) get their error result here. A
         chunk that does not match its job's record (no such job, an index outside the job, a
@@ -87,7 +91,8 @@ class BatchRunner:
         nothing of the job changes.
         """
         self._check_limits(chunk)
-        admission = self.store.admit(chunk.job_id, [item.index for item in chunk.items], refill)
+        indexes = [item.index for item in chunk.items]
+        admission = self.store.admit(chunk.job_id, indexes, refill, lease)
         if admission.status is None:
             raise RefusedMessageError(
                 f"it names job {chunk.job_id}, which does not exist (never submitted to this "

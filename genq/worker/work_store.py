@@ -7,8 +7,12 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+
+from redis.commands.core import Script
 
 from genq.feeder import Feeder
+from genq.leases import LEASE, Lease, unacked_index_key, unacked_key
 from genq.pipelines import script_pipeline
 from genq.schema import GenerationParams, JobStatus
 from genq.store import JobStore, job_keys
@@ -30,24 +34,44 @@ class Admission:
 class WorkStore(JobStore):
     """Jobs as a worker sees them: each message admitted, each item's attempts counted."""
 
-    def admit(self, job_id: str, indexes: Sequence[int], refill: Feeder | None = None) -> Admission:
+    @cached_property
+    def _lease(self) -> Script:
+        return self.redis.register_script(LEASE)
+
+    def admit(
+        self,
+        job_id: str,
+        indexes: Sequence[int],
+        refill: Feeder | None = None,
+        lease: Lease | None = None,
+    ) -> Admission:
         """Check a message's item ``indexes`` against the job's record and mark the job
         running; return what the worker needs to run them (see :class:`Admission`).
 
-        One round trip: a worker calls it for every message it receives, and ``refill`` (a
-        feeder on this same Redis) tops the queue up in it too. A refill the server refuses
-        is logged, not raised (the next message's or heartbeat's refill tries again); a lost
-        connection fails both, as it would have failed the admission alone. A message with
+        One round trip: a worker calls it for every message it receives; ``lease`` (the
+        message's, where kombu's keys are on this Redis) is written first in it, and
+        ``refill`` (a feeder on this same Redis) tops the queue up in it too. A lease that
+        could not be written raises, as the admission would; a refill the server refuses is
+        logged, not raised (the next message's or heartbeat's refill tries again); a lost
+        connection fails them all, as it would have failed the admission alone. A message with
         an index that is not one of the job's changes nothing.
         """
+        now = repr(time.time())
         keys = job_keys(job_id)
-        args: list[str | int] = [repr(time.time()), self.result_ttl_s, *indexes]
+        args: list[str | int] = [now, self.result_ttl_s, *indexes]
         pipe = script_pipeline(self.redis)
         with pipe:
+            if lease is not None:
+                lease_keys = [unacked_key(), unacked_index_key()]
+                self._lease(keys=lease_keys, args=[lease.tag, now, lease.message], client=pipe)
             if refill is not None:
                 refill.refill_in(pipe)
             self._admit(keys=keys, args=args, client=pipe)
             replies = pipe.execute(raise_on_error=False)
+        if lease is not None:
+            leased, *replies = replies
+            if isinstance(leased, Exception):
+                raise leased
         if refill is not None and isinstance(replies[0], Exception):
             log.warning("could not refill the queue from the jobs' pending lists: %s", replies[0])
         admitted = replies[-1]
