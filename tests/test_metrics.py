@@ -11,10 +11,12 @@ import httpx
 import pytest
 from api_support import start_api
 from conftest import RedisProcess, StartWorker, free_port
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from genq.producer.client import Client
 from genq.settings import Settings
+from genq.worker.metrics import BulkHistogram
 
 QUEUE = "metrics"
 KEY = "sk-genq-metrics-0123456789ab"
@@ -71,6 +73,33 @@ def api(redis_server: RedisProcess, tmp_path: Path):  # type: ignore[no-untyped-
     )
     yield server
     server.stop()
+
+
+def test_a_bulk_histogram_is_exposed_as_prometheus_clients_own() -> None:
+    values = [0.0, 0.004, 0.005, 0.0051, 0.3, 1.0, 7.5, 299.9, 5000.0]
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    reference = Histogram(
+        "genq_test_seconds", "Test.", buckets=(0.005, 0.5, 1, 300), registry=theirs
+    )
+    for value in values:
+        reference.observe(value)
+    bulk = BulkHistogram("genq_test_seconds", "Test.", (0.005, 0.5, 1, 300), ours)
+    bulk.observe_all(values[:4])
+    bulk.observe_all([])
+    bulk.observe_all(values[4:])
+
+    def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+        text = generate_latest(registry).decode()
+        return {
+            (s.name, s.labels.get("le", "")): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    assert samples(ours) == samples(theirs)
+    assert samples(ours)[("genq_test_seconds_bucket", "0.005")] == 3  # le: bounds included
+    assert samples(ours)[("genq_test_seconds_count", "")] == len(values)
 
 
 def test_the_api_counts_requests_by_route_template_and_status(api) -> None:  # type: ignore[no-untyped-def]

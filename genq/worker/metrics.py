@@ -10,10 +10,18 @@ error type, a priority, never a prompt, a job id or a tenant.
 from __future__ import annotations
 
 import logging
+import math
+import threading
+from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from itertools import accumulate
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _untyped_go_float
 
 from genq.schema import PRIORITIES, ItemResult
 
@@ -22,6 +30,55 @@ log = logging.getLogger("genq.worker")
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 _TOKENS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800)
+
+
+# Bucket bounds as prometheus_client's own histograms write them ("0.005", "1.0", "+Inf").
+go_float = cast(Callable[[float], str], _untyped_go_float)
+
+
+class BulkHistogram(Collector):
+    """A histogram without labels that takes a batch's observations in one call: exposed as
+    prometheus_client's own ``Histogram`` is (``_bucket``, ``_count``, ``_sum``).
+
+    prometheus_client's ``observe`` takes one value a call, under a lock each (~3 us); a
+    batch brings hundreds of items, each two observations: a tenth of a null worker's CPU.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._bounds = [*buckets, math.inf]
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def observe_all(self, values: Iterable[float]) -> None:
+        """Count each of ``values`` in its bucket."""
+        counts = [0] * len(self._bounds)
+        total = 0.0
+        bounds = self._bounds
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        with self._lock:
+            self._counts = [a + b for a, b in zip(self._counts, counts, strict=True)]
+            self._sum += total
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> list[Metric]:
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative = list(accumulate(counts))
+        buckets = [
+            (go_float(bound), float(count))
+            for bound, count in zip(self._bounds, cumulative, strict=True)
+        ]
+        return [HistogramMetricFamily(self.name, self.documentation, buckets, total)]
 
 
 class WorkerMetrics:
@@ -52,17 +109,11 @@ class WorkerMetrics:
         self.batch_tokens = Histogram(
             "genq_batch_tokens", "Tokens a batch generated.", buckets=_TOKENS, registry=r
         )
-        self.queue_wait = Histogram(
-            "genq_queue_wait_seconds",
-            "From a job's enqueueing to an item's start.",
-            buckets=_SECONDS,
-            registry=r,
+        self.queue_wait = BulkHistogram(
+            "genq_queue_wait_seconds", "From a job's enqueueing to an item's start.", _SECONDS, r
         )
-        self.generation = Histogram(
-            "genq_generation_seconds",
-            "From an item's start to its result.",
-            buckets=_SECONDS,
-            registry=r,
+        self.generation = BulkHistogram(
+            "genq_generation_seconds", "From an item's start to its result.", _SECONDS, r
         )
         self.queue_depth = Gauge(
             "genq_queue_depth",
@@ -95,6 +146,8 @@ class WorkerMetrics:
         # Summed first: each inc takes the counter's lock, and a batch brings hundreds.
         completed = generated = prompt = 0
         failed: defaultdict[str, int] = defaultdict(int)
+        waits: list[float] = []
+        generations: list[float] = []
         for result in stored:
             if result.error is None:
                 completed += 1
@@ -105,8 +158,10 @@ class WorkerMetrics:
                 prompt += result.usage.prompt_tokens
             timing = result.timing
             if timing is not None and result.error is None:
-                self.queue_wait.observe(max(timing.started_at - timing.enqueued_at, 0.0))
-                self.generation.observe(max(timing.finished_at - timing.started_at, 0.0))
+                waits.append(max(timing.started_at - timing.enqueued_at, 0.0))
+                generations.append(max(timing.finished_at - timing.started_at, 0.0))
+        self.queue_wait.observe_all(waits)
+        self.generation.observe_all(generations)
         if completed:
             self.completed.inc(completed)
         for error_type, count in failed.items():
