@@ -1,5 +1,6 @@
 """The queue path alone: one ``null`` worker, default settings, a 20,000-prompt job from submit
-to the last result read.
+to the last result read: waited for, then read page by page; and a second job's results read
+as they are written (``Client.follow_results``).
 
     python -m bench.queue_path                          # 5 runs of this checkout
     python -m bench.queue_path --baseline ../genq-old   # alternated with another checkout
@@ -85,7 +86,7 @@ def measure(items: int) -> dict[str, Any]:
             finished = time.perf_counter()
             if info.completed != items or read != items:
                 raise RuntimeError(f"{info.completed} completed, {read} read of {items}")
-            return {
+            measured: dict[str, Any] = {
                 "items": items,
                 "submit_s": submitted - started,
                 "until_done_s": done - submitted,
@@ -96,6 +97,12 @@ def measure(items: int) -> dict[str, Any]:
                 "client_cpu_s": time.process_time() - client_cpu,
                 "redis_cpu_s": redis_cpu_s() - redis_cpu,
             }
+            # A second job, its results read as they are written (Client.follow_results;
+            # None for a checkout without it): submit to last result read.
+            followed = follow(client, prompts)
+            measured["followed_total_s"] = followed
+            measured["followed_prompts_per_s"] = items / followed if followed else None
+            return measured
         finally:
             worker.terminate()
             try:
@@ -103,6 +110,20 @@ def measure(items: int) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 worker.kill()
             server.stop()
+
+
+def follow(client: Any, prompts: list[str]) -> float | None:
+    """Seconds from submit to the last result read, reading them as they are written."""
+    follow_results = getattr(client, "follow_results", None)  # absent in older checkouts
+    if follow_results is None:
+        return None
+    started = time.perf_counter()
+    job_id = client.submit(prompts, PARAMS)
+    read = sum(1 for _ in follow_results(job_id, timeout_s=600, poll_interval_s=0.01))
+    elapsed = time.perf_counter() - started
+    if read != len(prompts):
+        raise RuntimeError(f"{read} of {len(prompts)} results followed")
+    return elapsed
 
 
 def run_once(tree: Path, items: int) -> dict[str, Any]:
@@ -143,8 +164,10 @@ def main() -> None:
         for name, tree in trees.items():
             result = run_once(tree, args.items)
             runs[name].append(result)
+            followed = result.get("followed_prompts_per_s")
             print(
                 f"run {run + 1} {name}: {result['prompts_per_s']:,.0f} prompts/s "
+                f"(followed: {f'{followed:,.0f}' if followed else '-'}) "
                 f"(submit {result['submit_s']:.2f} s, until done {result['until_done_s']:.2f} s, "
                 f"read {result['read_s']:.2f} s; worker CPU {result['worker_cpu_s']:.2f} s)",
                 file=sys.stderr,
@@ -152,6 +175,10 @@ def main() -> None:
     summary = {
         name: {
             "median_prompts_per_s": statistics.median(r["prompts_per_s"] for r in results),
+            "median_followed_prompts_per_s": statistics.median(
+                [r["followed_prompts_per_s"] for r in results if r.get("followed_prompts_per_s")]
+                or [0.0]
+            ),
             **{
                 f"median_{key}": statistics.median(r[key] for r in results)
                 for key in ("submit_s", "until_done_s", "read_s", "total_s", "worker_cpu_s")
@@ -162,7 +189,11 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"items": args.items, **summary}, indent=2))
-    print(json.dumps({k: v["median_prompts_per_s"] for k, v in summary.items()}, indent=2))
+    medians = {
+        k: {m: v[f"median_{m}"] for m in ("prompts_per_s", "followed_prompts_per_s")}
+        for k, v in summary.items()
+    }
+    print(json.dumps(medians, indent=2))
 
 
 if __name__ == "__main__":

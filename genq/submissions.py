@@ -312,6 +312,16 @@ class SubmissionStore(JobStore):
         # results genq's RECORD script wrote (each one JSON object), never outside input.
         return _RESULTS.validate_json("[" + ",".join(v for v in values if v is not None) + "]")
 
+    def results_at(self, job_id: str, indexes: Sequence[int]) -> dict[int, ItemResult]:
+        """The results of those of ``indexes`` that have one, by index (one round trip)."""
+        if not indexes:
+            return {}
+        values: list[str | None] = self.redis.hmget(  # type: ignore[assignment]
+            keyspace.results(job_id), [str(i) for i in indexes]
+        )
+        found = [v for v in values if v is not None]
+        return {r.index: r for r in _RESULTS.validate_json("[" + ",".join(found) + "]")}
+
 
 _RESULTS = TypeAdapter(list[ItemResult])
 

@@ -49,6 +49,7 @@ from genq.producer.cli_options import (
 )
 from genq.producer.cli_output import (
     finish,
+    follow_to_output,
     print_error,
     print_note,
     print_warning,
@@ -158,11 +159,11 @@ def _submitted(client: Client, job_id: str, follow: Follow) -> None:
     for it when asked."""
     click.echo(client.status(job_id).model_dump_json() if follow.as_json else job_id)
     _submit_warnings(client)
-    if follow.wait or follow.output:
-        info = progress_wait(client, job_id, follow.timeout_s)
-        if follow.output:
-            write_results(client, job_id, follow.output)
+    if follow.output:  # written as they come, not once the job has ended
+        info, _ = follow_to_output(client, job_id, follow.output, follow.timeout_s)
         finish(info)
+    elif follow.wait:
+        finish(progress_wait(client, job_id, follow.timeout_s))
 
 
 def _submit_warnings(client: Client) -> None:
@@ -417,8 +418,8 @@ def run(
                         f"the worker exited (status {proc.process.returncode}):\n{proc.log_tail()}"
                     )
 
-            info = progress_wait(client, job_id, timeout, check_worker)
-            count = write_results(client, job_id, output)
+            # Results go to the output as they are written, not once the job has ended.
+            info, count = follow_to_output(client, job_id, output, timeout, check_worker)
             print_note(f"{count} results written to {output}")
         finally:
             proc.stop()

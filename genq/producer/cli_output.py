@@ -77,9 +77,12 @@ class WorkerWatch:
         return self.idle
 
 
-def progress_wait(
-    client: Client, job_id: str, timeout_s: float | None, check: Callable[[], None] | None = None
-) -> JobInfo:
+@contextmanager
+def job_progress(
+    client: Client, job_id: str, check: Callable[[], None] | None = None
+) -> Iterator[Callable[[JobInfo], None]]:
+    """A progress bar for the job on stderr, fed by the ``on_progress`` callback yielded
+    (``check`` runs on each status read first, and may raise to stop the wait)."""
     watch = WorkerWatch(client)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -111,10 +114,40 @@ def progress_wait(
         )
 
     try:
-        return client.wait(job_id, timeout_s, on_progress=on_progress)
+        yield on_progress
     finally:
         if progress.live.is_started:
             progress.stop()
+
+
+def progress_wait(
+    client: Client, job_id: str, timeout_s: float | None, check: Callable[[], None] | None = None
+) -> JobInfo:
+    with job_progress(client, job_id, check) as on_progress:
+        return client.wait(job_id, timeout_s, on_progress=on_progress)
+
+
+def follow_to_output(
+    client: Client,
+    job_id: str,
+    out: str,
+    timeout_s: float | None,
+    check: Callable[[], None] | None = None,
+) -> tuple[JobInfo, int]:
+    """Write the job's results to ``out`` as they are written, in input order, under its
+    progress bar; return its last status (ended) and how many results were written."""
+    statuses: list[JobInfo] = []
+    count = 0
+    with job_progress(client, job_id, check) as on_progress, open_output(out) as f:
+
+        def seen(info: JobInfo) -> None:
+            on_progress(info)
+            statuses[:] = [info]
+
+        for result in client.follow_results(job_id, timeout_s, on_progress=seen):
+            f.write(result.model_dump_json() + "\n")
+            count += 1
+    return statuses[-1], count
 
 
 def finish(info: JobInfo) -> None:

@@ -3,15 +3,15 @@
 from genq import Client
 client = Client("redis://localhost:6379/0")
 job_id = client.submit(["Write a tagline for a bakery", ...], {"max_new_tokens": 32})
-client.wait(job_id)
-for result in client.iter_results(job_id):
-    print(result.custom_id, result.outputs[0])
+for result in client.follow_results(job_id):  # as they are written; or wait(), then
+    print(result.custom_id, result.outputs[0])  # iter_results() to read them page by page
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from enum import Enum
 from functools import partial
@@ -25,14 +25,9 @@ from genq import keyspace
 from genq.connection import Endpoint, broker_endpoint, results_endpoint, stores_split
 from genq.dead_letters import DeadLetterStore
 from genq.errors import (
-    BrokerUnavailableError,
     DurabilityError,
     EnqueueError,
     JobNotFinishedError,
-    JobNotFoundError,
-    JobVanishedError,
-    RedisAccessError,
-    WaitTimeoutError,
 )
 from genq.feeder import (
     Feeder,
@@ -45,6 +40,7 @@ from genq.feeder import (
 )
 from genq.producer.staging import Sender, StagingChannel
 from genq.producer.validation import ItemInput, ParamsInput, validate_job, with_job_options
+from genq.producer.waiting import follow, polls
 from genq.schema import (
     DeadLetter,
     ItemResult,
@@ -57,10 +53,8 @@ from genq.schema import (
 from genq.sentinel import is_sentinel_url
 from genq.server_facts import append_only, confirm_writes, connected_replicas
 from genq.settings import (
-    DEFAULT_POLL_INTERVAL_S,
     DURABLE_SUBMIT_TIMEOUT_S,
     REPLICA_CHECK_S,
-    WAIT_OUTAGE_TOLERANCE_S,
     Settings,
 )
 from genq.submissions import JobQuery, NewJob, SubmissionStore
@@ -420,47 +414,32 @@ class Client:
         was there and then is not (Redis came back without its data, or was flushed) raises
         :class:`JobVanishedError`; one never found, :class:`JobNotFoundError`.
         """
-        interval = poll_interval_s or DEFAULT_POLL_INTERVAL_S
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        outage_since: float | None = None
-        seen = False
-        while True:
-            try:
-                info = self.status(job_id)
-            except RedisAccessError:
-                raise  # refused, not away: waiting will not help
-            except BrokerUnavailableError:
-                outage_since = outage_since or time.monotonic()
-                if time.monotonic() - outage_since > WAIT_OUTAGE_TOLERANCE_S:
-                    raise
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise WaitTimeoutError(
-                        f"job {job_id}: Redis has been unreachable for "
-                        f"{time.monotonic() - outage_since:.0f}s and the {timeout_s:g}s "
-                        "timeout ran out; the job keeps running if Redis comes back with it"
-                    ) from None
-                time.sleep(interval)
-                continue
-            except JobNotFoundError as e:
-                if not seen:
-                    raise
-                raise JobVanishedError(
-                    f"job {job_id} vanished from Redis while being waited on: Redis lost its "
-                    "data (it restarted without an append-only file, or was flushed); the job "
-                    "and its results are gone, submit it again"
-                ) from e
-            seen = True
-            outage_since = None
-            if on_progress is not None:
-                on_progress(info)
-            if info.is_terminal:
-                return info
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeoutError(
-                    f"job {job_id} is still {info.status.value} after {timeout_s:g}s "
-                    f"({info.done}/{info.total} items done); it keeps running"
-                )
-            time.sleep(interval)
+        last: JobInfo = deque(polls(self, job_id, timeout_s, poll_interval_s, on_progress), 1)[0]
+        return last  # the status read that found it ended
+
+    def follow_results(
+        self,
+        job_id: str,
+        timeout_s: float | None = None,
+        *,
+        poll_interval_s: float | None = None,
+        on_progress: Callable[[JobInfo], None] | None = None,
+        page_size: int = 500,
+    ) -> Iterator[ItemResult]:
+        """Every result in input order while the job runs, each as soon as it and every one
+        before it are written; the iterator ends once the job has ended and every result is
+        read (items that never got one, as in a cancelled job, are skipped). Waits as
+        :meth:`wait` does: ``timeout_s``, outages, ``on_progress`` on each status read.
+
+        Reading as results come overlaps the read with the generation: a 20,000-prompt
+        job's last result is in hand sooner than by :meth:`wait`, then :meth:`iter_results`.
+        """
+        statuses = polls(self, job_id, timeout_s, poll_interval_s, on_progress)
+
+        def read(indexes: list[int]) -> dict[int, ItemResult]:
+            return self._guard(lambda: self.store.results_at(job_id, indexes))
+
+        return follow(statuses, read, page_size)
 
     def cancel(self, job_id: str) -> JobInfo:
         """Stop generating the job's remaining items; finished results stay readable."""
