@@ -316,9 +316,12 @@ class SubmissionStore(JobStore):
         """The results of those of ``indexes`` that have one, by index (one round trip)."""
         if not indexes:
             return {}
-        values: list[str | None] = self.redis.hmget(  # type: ignore[assignment]
-            keyspace.results(job_id), [str(i) for i in indexes]
-        )
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keyspace.job(job_id))
+            pipe.hmget(keyspace.results(job_id), [str(i) for i in indexes])
+            exists, values = pipe.execute()
+        if not exists:
+            self.get(job_id)  # raises JobNotFoundError
         found = [v for v in values if v is not None]
         return {r.index: r for r in _RESULTS.validate_json("[" + ",".join(found) + "]")}
 

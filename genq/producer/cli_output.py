@@ -144,9 +144,14 @@ def follow_to_output(
             on_progress(info)
             statuses[:] = [info]
 
-        for result in client.follow_results(job_id, timeout_s, on_progress=seen):
-            f.write(result.model_dump_json() + "\n")
-            count += 1
+        try:
+            for result in client.follow_results(job_id, timeout_s, on_progress=seen):
+                f.write(result.model_dump_json() + "\n")
+                count += 1
+        except Exception:
+            if count:
+                print_note(f"{count} results written to {out} before it stopped (only those)")
+            raise
     return statuses[-1], count
 
 

@@ -434,6 +434,8 @@ class Client:
         Reading as results come overlaps the read with the generation: a 20,000-prompt
         job's last result is in hand sooner than by :meth:`wait`, then :meth:`iter_results`.
         """
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
         statuses = polls(self, job_id, timeout_s, poll_interval_s, on_progress)
 
         def read(indexes: list[int]) -> dict[int, ItemResult]:

@@ -17,6 +17,8 @@ from genq.errors import (
 from genq.schema import ItemResult, JobInfo
 from genq.settings import DEFAULT_POLL_INTERVAL_S, WAIT_OUTAGE_TOLERANCE_S
 
+READ_RETRY_S = 0.5  # an ended job's results read again this often while Redis is away
+
 if TYPE_CHECKING:
     from genq.producer.client import Client
 
@@ -85,14 +87,23 @@ def follow(
     never got one. ``read`` reads the results of some indexes (those it has)."""
     next_index = 0
     ahead: dict[int, ItemResult] = {}  # read, not yet yielded: past a gap
+    outage_since: float | None = None
     for info in statuses:
         ended = info.is_terminal  # every result is written: a gap stays a gap
         while next_index < info.total:
             window = range(next_index, min(next_index + page_size, info.total))
             try:
                 ahead.update(read([i for i in window if i not in ahead]))
+                outage_since = None
             except BrokerUnavailableError:
-                break  # the next status read rides the outage out (or raises)
+                if not ended:
+                    break  # the next status read rides the outage out (or raises)
+                # No status read follows the last one: ride it out here, as wait() would.
+                outage_since = outage_since or time.monotonic()
+                if time.monotonic() - outage_since > WAIT_OUTAGE_TOLERANCE_S:
+                    raise
+                time.sleep(READ_RETRY_S)
+                continue
             for index in window:
                 result = ahead.pop(index, None)
                 if result is None and not ended:

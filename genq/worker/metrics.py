@@ -61,6 +61,8 @@ class BulkHistogram(Collector):
         total = 0.0
         bounds = self._bounds
         for value in values:
+            if value != value:  # NaN: in no bucket (as in a real Histogram), nor in the sum
+                continue
             counts[bisect_left(bounds, value)] += 1
             total += value
         with self._lock:
