@@ -237,6 +237,22 @@ def test_submit_wait_writes_results(genq_cli: Cli, tmp_path: Path) -> None:
     assert len(out.read_text().splitlines()) == 5
 
 
+@pytest.mark.parametrize("command", ["submit", "run"])
+@pytest.mark.parametrize("where", ["no-such-dir/out.jsonl", "."])
+def test_an_output_that_cannot_be_written_is_refused_before_anything_is_submitted(
+    genq_cli: Cli, tmp_path: Path, settings: Settings, command: str, where: str
+) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", make_items(2))
+    before = set(Client(settings=settings).store.redis.keys(keyspace.namespace("job", "*")))
+    result = genq_cli(command, str(source), "-o", where, env={"GENQ_QUEUE": "output-check"})
+    assert result.returncode == 2, result.stderr
+    assert "nothing was submitted" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert set(Client(settings=settings).store.redis.keys(keyspace.namespace("job", "*"))) == before
+    assert not (tmp_path / "no-such-dir").exists()
+
+
 @pytest.mark.parametrize("command", ["status", "results", "cancel", "wait"])
 def test_a_malformed_job_id_is_a_clear_error(genq_cli: Cli, command: str) -> None:
     result = genq_cli(command, "a b:*")

@@ -44,6 +44,7 @@ from genq.producer.cli_options import (
     SUBMIT_OPTIONS,
     WORKER_OPTIONS,
     Duration,
+    OutputFile,
     apply,
     client_from,
 )
@@ -382,7 +383,13 @@ def worker(ctx: click.Context, /, **options: Any) -> None:
 
 @cli.command()
 @click.argument("file")
-@click.option("-o", "--output", required=True, help="Write results (JSON Lines) here.")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=OutputFile(),
+    help="Write results (JSON Lines) here, as they come.",
+)
 @apply(GENERATION_OPTIONS)
 @apply(SCHEDULING_OPTIONS)
 @apply(WORKER_OPTIONS)

@@ -4,6 +4,7 @@ the client a command uses."""
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -42,6 +43,29 @@ class Duration(click.ParamType[float]):
         if not math.isfinite(seconds) or seconds <= 0:
             self.fail(f"{value!r}: a duration must be positive", param, ctx)
         return seconds
+
+
+class OutputFile(click.ParamType[str]):
+    """A file to write results to ('-': stdout), checked before anything is submitted: the
+    results of a job are not the moment to find that its output cannot be written."""
+
+    name = "file"
+
+    def convert(self, value: Any, param: Any, ctx: click.Context | None) -> str:
+        path = str(value)
+        if path == "-":
+            return path
+        if os.path.isdir(path):
+            self.fail(f"{path!r} is a directory; nothing was submitted", param, ctx)
+        existed = os.path.exists(path)
+        try:
+            with open(path, "a", encoding="utf-8"):
+                pass
+        except OSError as e:
+            self.fail(f"cannot write {path!r} ({e.strerror}); nothing was submitted", param, ctx)
+        if not existed:
+            os.remove(path)  # made by this check alone
+        return path
 
 
 class KeyValue(click.ParamType[tuple[str, str]]):
@@ -165,7 +189,8 @@ SUBMIT_OPTIONS: list[Callable[[F], F]] = [
     click.option(
         "-o",
         "--output",
-        help="Wait for the job and write its results (JSON Lines) here ('-': stdout).",
+        type=OutputFile(),
+        help="Wait for the job and write its results (JSON Lines) here as they come ('-': stdout).",
     ),
     click.option(
         "--json",

@@ -88,8 +88,12 @@ def follow(
     next_index = 0
     ahead: dict[int, ItemResult] = {}  # read, not yet yielded: past a gap
     outage_since: float | None = None
+    done_when_read = -1  # the job's count of results at the last read
     for info in statuses:
         ended = info.is_terminal  # every result is written: a gap stays a gap
+        if not ended and info.done == done_when_read:
+            continue  # nothing written since: spare Redis the read
+        done_when_read = info.done
         while next_index < info.total:
             window = range(next_index, min(next_index + page_size, info.total))
             try:
@@ -97,6 +101,7 @@ def follow(
                 outage_since = None
             except BrokerUnavailableError:
                 if not ended:
+                    done_when_read = -1  # read again after the next status, whatever it says
                     break  # the next status read rides the outage out (or raises)
                 # No status read follows the last one: ride it out here, as wait() would.
                 outage_since = outage_since or time.monotonic()
