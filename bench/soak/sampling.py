@@ -159,14 +159,17 @@ class Sampler:
             if run.worker_id is not None
             and (run.exit_t is None or t - run.exit_t < COUNTER_GRACE_S)
         ]
-        r = self.client.store.redis
-        with r.pipeline(transaction=False) as pipe:
+        # The queue and its leases are on the broker; worker records on the results store
+        # (the same Redis unless GENQ_RESULTS_URL names another).
+        with self.client.broker.pipeline(transaction=False) as pipe:
             for key in keyspace.celery_queue_lists(self.settings.queue):
                 pipe.llen(key)
             pipe.zcard(leases.unacked_index_key())
+            urgent, other, unacked = pipe.execute()
+        with self.client.store.redis.pipeline(transaction=False) as pipe:
             for worker_id in known:
                 pipe.hget(keyspace.worker(worker_id), "items")
-            urgent, other, unacked, *raw_items = pipe.execute()
+            raw_items = pipe.execute() if known else []
         queued = urgent + other
         items = {w.id: w.items for w in workers}
         for worker_id, value in zip(known, raw_items, strict=True):
