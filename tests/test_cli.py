@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from genq import keyspace
+from genq.producer.cli_options import OutputFile
 from genq.producer.client import Client
 from genq.schema import GenerationParams, ItemResult, WorkItem
 from genq.settings import Settings
@@ -251,6 +253,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything_is_submitte
     assert len(result.stderr.strip().splitlines()) == 1
     assert set(Client(settings=settings).store.redis.keys(keyspace.namespace("job", "*"))) == before
     assert not (tmp_path / "no-such-dir").exists()
+
+
+def test_the_output_check_leaves_what_is_there_as_it_was(tmp_path: Path) -> None:
+    check = OutputFile()
+    (tmp_path / "dangling").symlink_to(tmp_path / "target.jsonl")
+    os.mkfifo(tmp_path / "fifo")  # opening it to check would block until a reader came
+    (tmp_path / "kept.jsonl").write_text("earlier\n")
+    for name in ("dangling", "fifo", "kept.jsonl", "new.jsonl"):
+        assert check.convert(str(tmp_path / name), None, None) == str(tmp_path / name)
+    assert (tmp_path / "dangling").is_symlink()
+    assert not (tmp_path / "target.jsonl").exists()
+    assert (tmp_path / "kept.jsonl").read_text() == "earlier\n"
+    assert not (tmp_path / "new.jsonl").exists()  # made by the check alone, and removed
 
 
 @pytest.mark.parametrize("command", ["status", "results", "cancel", "wait"])

@@ -53,18 +53,22 @@ class OutputFile(click.ParamType[str]):
 
     def convert(self, value: Any, param: Any, ctx: click.Context | None) -> str:
         path = str(value)
-        if path == "-":
+        if path == "-" or (ctx is not None and ctx.resilient_parsing):  # shell completion
             return path
-        if os.path.isdir(path):
-            self.fail(f"{path!r} is a directory; nothing was submitted", param, ctx)
-        existed = os.path.exists(path)
         try:
-            with open(path, "a", encoding="utf-8"):
-                pass
+            # Made here only if nothing is there (a link is not followed): then removed.
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL)
+        except FileExistsError:
+            if os.path.isdir(path):
+                self.fail(f"{path!r} is a directory; nothing was submitted", param, ctx)
+            if os.path.isfile(path) and not os.access(path, os.W_OK):
+                denied = f"cannot write {path!r} (permission denied); nothing was submitted"
+                self.fail(denied, param, ctx)
+            return path  # a file, or a FIFO, a device, a link: the real open decides
         except OSError as e:
             self.fail(f"cannot write {path!r} ({e.strerror}); nothing was submitted", param, ctx)
-        if not existed:
-            os.remove(path)  # made by this check alone
+        os.close(fd)
+        os.remove(path)
         return path
 
 

@@ -99,6 +99,8 @@ def follow(
             try:
                 ahead.update(read([i for i in window if i not in ahead]))
                 outage_since = None
+            except RedisAccessError:
+                raise  # refused, not away: waiting will not help
             except BrokerUnavailableError:
                 if not ended:
                     done_when_read = -1  # read again after the next status, whatever it says
