@@ -219,14 +219,15 @@ def master_client(url: str, setting: str = "GENQ_REDIS_URL", **client_options: A
         parsed.sentinels, sentinel_kwargs=parsed.sentinel_kwargs(**sockets)
     )
     credentials = {"username": parsed.username, "password": parsed.password}
-    client: redis.Redis = manager.master_for(  # type: ignore[no-untyped-call]
-        parsed.master_name,
-        redis_class=redis.Redis,
-        db=parsed.db,
+    options: dict[str, Any] = {
+        "db": parsed.db,
         **{k: v for k, v in credentials.items() if v is not None},
         **parsed.tls_options(),
         **client_options,
-    )
+    }
+    # Annotated in redis-py 8.2, not before: called as Any, it type-checks against both.
+    master_for: Any = manager.master_for
+    client: redis.Redis = master_for(parsed.master_name, redis_class=redis.Redis, **options)
     return client
 
 
