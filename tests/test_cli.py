@@ -20,6 +20,7 @@ from genq.schema import GenerationParams, ItemResult, WorkItem
 from genq.settings import Settings
 from genq.worker.engines.base import Prepared
 from genq.worker.engines.hf import HFEngine
+from genq.worker.work_store import WorkStore
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -253,6 +254,34 @@ def test_an_output_that_cannot_be_written_is_refused_before_anything_is_submitte
     assert len(result.stderr.strip().splitlines()) == 1
     assert set(Client(settings=settings).store.redis.keys(keyspace.namespace("job", "*"))) == before
     assert not (tmp_path / "no-such-dir").exists()
+
+
+@pytest.mark.usefixtures("worker")
+def test_results_follow_writes_each_result_as_the_job_runs(genq_cli: Cli, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "p.jsonl", make_items(6))
+    job_id = genq_cli("submit", str(source), "--max-new-tokens", "4").stdout.strip()
+    out = tmp_path / "out.jsonl"
+    followed = genq_cli("results", job_id, "--follow", "--timeout", "150", "-o", str(out))
+    assert followed.returncode == 0, followed.stderr
+    indexes = [ItemResult.model_validate_json(line).index for line in out.read_text().splitlines()]
+    assert indexes == list(range(6))
+
+
+def test_results_follow_stops_at_its_timeout_with_what_it_has(
+    genq_cli: Cli, tmp_path: Path, settings: Settings
+) -> None:
+    idle = Client(settings=settings.model_copy(update={"queue": "follow-cli-idle"}))
+    job_id = idle.submit(["one", "two", "three"])
+    results = [ItemResult(custom_id="0", index=0, prompt="one", outputs=["1"])]
+    WorkStore(idle.store.redis, 60).record({job_id: results})
+    out = tmp_path / "out.jsonl"
+    followed = genq_cli("results", job_id, "--follow", "--timeout", "1", "-o", str(out))
+    assert followed.returncode == 124, followed.stderr
+    assert "still running" in followed.stderr
+    assert [ItemResult.model_validate_json(x).index for x in out.read_text().splitlines()] == [0]
+    alone = genq_cli("results", job_id, "--timeout", "1")
+    assert alone.returncode == 2
+    assert "--timeout goes with --follow" in alone.stderr
 
 
 def test_the_output_check_leaves_what_is_there_as_it_was(tmp_path: Path) -> None:

@@ -308,13 +308,41 @@ def status(ctx: click.Context, job_id: str, as_json: bool) -> None:
 @click.option("-o", "--output", help="Write to this file instead of stdout.")
 @click.option("--failed", is_flag=True, help="Only items that ended with an error.")
 @click.option("--ok", is_flag=True, help="Only items that ended without an error.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Go on while the job runs, writing each result as it comes (progress on stderr); "
+    "exit status as `genq wait`.",
+)
+@click.option(
+    "--timeout",
+    type=Duration(),
+    help="With --follow: stop after this long (exit 124); the job keeps running.",
+)
 @click.pass_context
-def results(ctx: click.Context, job_id: str, output: str | None, failed: bool, ok: bool) -> None:
-    """Print results as JSON Lines in input order (while running: those available)."""
+def results(
+    ctx: click.Context,
+    /,
+    job_id: str,
+    output: str | None,
+    failed: bool,
+    ok: bool,
+    follow: bool,
+    timeout: float | None,
+) -> None:
+    """Print results as JSON Lines in input order (while running: those available, or with
+    --follow every one as it comes, until the job ends)."""
     if failed and ok:
         raise click.UsageError("--failed and --ok exclude each other", ctx)
+    if timeout is not None and not follow:
+        raise click.UsageError("--timeout goes with --follow", ctx)
     only = ResultFilter.FAILED if failed else ResultFilter.OK if ok else ResultFilter.ALL
-    write_results(client_from(ctx), job_id, output, only)
+    client = client_from(ctx)
+    if follow:
+        info, _ = follow_to_output(client, job_id, output, timeout, only=only)
+        finish(info)
+    else:
+        write_results(client, job_id, output, only)
 
 
 @cli.command()

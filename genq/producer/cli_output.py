@@ -130,12 +130,15 @@ def progress_wait(
 def follow_to_output(
     client: Client,
     job_id: str,
-    out: str,
+    out: str | None,
     timeout_s: float | None,
     check: Callable[[], None] | None = None,
+    only: ResultFilter = ResultFilter.ALL,
 ) -> tuple[JobInfo, int]:
-    """Write the job's results to ``out`` as they are written, in input order, under its
-    progress bar; return its last status (ended) and how many results were written."""
+    """Write the job's results (those ``only`` keeps) to ``out`` (None or '-': stdout) as
+    they are written, in input order, under its progress bar; return its last status
+    (ended) and how many results were written."""
+    client.status(job_id)  # an unknown job is an error before any output file is created
     statuses: list[JobInfo] = []
     count = 0
     with job_progress(client, job_id, check) as on_progress, open_output(out) as f:
@@ -146,8 +149,9 @@ def follow_to_output(
 
         try:
             for result in client.follow_results(job_id, timeout_s, on_progress=seen):
-                f.write(result.model_dump_json() + "\n")
-                count += 1
+                if only.keeps(result):
+                    f.write(result.model_dump_json() + "\n")
+                    count += 1
         except Exception:
             if count:
                 print_note(f"{count} results written to {out} before it stopped (only those)")
