@@ -33,6 +33,7 @@ Tenants' weights are read here, so :func:`write_policy` is given both Redis serv
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,8 @@ from genq.pipelines import ScriptPipeline
 from genq.schema import TERMINAL, JobStatus, Priority, TenantPolicy
 from genq.settings import MIN_AUTO_CHUNK_SIZE, Settings
 from genq.store import as_text
+
+log = logging.getLogger(__name__)
 
 # With the job records on another Redis: how long a staging's number and a cancelled job's
 # mark are kept (a producer stages a job within seconds to minutes; a retried staging comes
@@ -411,6 +414,12 @@ class Feeder:
             jobs.append(PendingJob(as_text(job_id), priority, tenant, max(items, 0)))
         jobs.sort(key=lambda j: (j.priority.rank, j.tenant, j.job_id))
         return QueueView(jobs, int(ready))
+
+
+def log_refill_failure(error: Exception) -> None:
+    """A refill Redis refused or could not run: logged, never raised (the next message's or
+    heartbeat's refill tries again)."""
+    log.warning("could not refill the queue from the jobs' pending lists: %s", error)
 
 
 def write_policy(client: redis.Redis, tenant: str, policy: TenantPolicy) -> None:

@@ -33,7 +33,7 @@ from genq.errors import (
     WorkerConfigError,
     WorkerCrashedError,
 )
-from genq.feeder import Feeder
+from genq.feeder import Feeder, log_refill_failure
 from genq.logs import configure_logging, hand_celery_logging_to_genq
 from genq.schema import WorkChunk, WorkerInfo, utcnow
 from genq.sentinel import is_sentinel_url
@@ -280,7 +280,7 @@ def refill(feeder: Feeder) -> None:
     try:
         feeder.refill()
     except RedisError as e:
-        log.warning("could not refill the queue from the jobs' pending lists: %s", e)
+        log_refill_failure(e)
 
 
 def check_redis(

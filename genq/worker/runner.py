@@ -1,4 +1,5 @@
-"""Turns queue messages into prepared items, and batches of them into stored results.
+"""Admits queue messages (their items prepared by :mod:`genq.worker.preparing`), and turns
+batches of them into stored results.
 
 Idempotent by construction: items whose job has ended, or that already have a result (a
 redelivered message), are not run again, and the store keeps the first result written.
@@ -27,33 +28,22 @@ from genq.logs import log_batch
 from genq.registry import BatchStats
 from genq.schema import (
     TERMINAL,
-    ErrorInfo,
-    GenerationParams,
     ItemErrorType,
     ItemResult,
     JobStatus,
     WorkChunk,
     WorkItem,
-    chat_transcript,
 )
 from genq.settings import OOM_RECOVERY_BATCHES, Settings
 from genq.worker.batching import batch_cost, plan_batches
 from genq.worker.engines.base import Engine, Generation, Prepared, is_out_of_memory
-from genq.worker.engines.chat import ChatTemplateError, NoChatTemplate
 from genq.worker.item import Delivery, Item
 from genq.worker.metrics import WorkerMetrics
+from genq.worker.preparing import ItemRejected, check_limits, first_problem, prepare
 from genq.worker.results import completed_result, error_result
 from genq.worker.work_store import WorkStore
 
 log = logging.getLogger(__name__)
-
-
-class ItemRejected(Exception):
-    """An item that cannot run (checked against the tokenizer and the model's context)."""
-
-    def __init__(self, error_type: ItemErrorType, message: str) -> None:
-        super().__init__(message)
-        self.error = ErrorInfo(type=error_type.value, message=message)
 
 
 class BatchRunner:
@@ -90,7 +80,7 @@ class BatchRunner:
         prompt past the limit, bad parameters) raises :class:`RefusedMessageError`, and
         nothing of the job changes.
         """
-        self._check_limits(chunk)
+        check_limits(chunk, self.settings)
         indexes = [item.index for item in chunk.items]
         admission = self.store.admit(chunk.job_id, indexes, refill, lease)
         if admission.status is None:
@@ -111,7 +101,7 @@ class BatchRunner:
             items = [c.resolve(admission.params) for c in chunk.items]
         except ValidationError as e:
             raise RefusedMessageError(
-                f"an item's params do not validate with the job's ({_first_problem(e)})"
+                f"an item's params do not validate with the job's ({first_problem(e)})"
             ) from e
         status, done = admission.status, admission.done
         if status is JobStatus.EXPIRED:
@@ -128,7 +118,7 @@ class BatchRunner:
                 continue
             started = time.time()
             try:
-                ready.append(self._prepare(chunk, item))
+                ready.append(prepare(self.engine, self.settings, chunk, item))
             except ItemRejected as e:
                 rejected.append(
                     error_result(
@@ -143,31 +133,6 @@ class BatchRunner:
         if rejected:
             self._record({chunk.job_id: rejected})
         return ready
-
-    def _check_limits(self, chunk: WorkChunk) -> None:
-        """Refuse a chunk no producer would send: limits mirror the producer's validation."""
-        limit = self.settings.max_prompt_bytes
-        seen: set[int] = set()
-        for item in chunk.items:
-            if item.index in seen:
-                raise RefusedMessageError(f"item index {item.index} appears twice in the message")
-            seen.add(item.index)
-            if item.params:
-                try:  # alone, before the job is touched; merged with the job's defaults later
-                    GenerationParams.model_validate(item.params)
-                except ValidationError as e:
-                    raise RefusedMessageError(
-                        f"item {item.index}'s params do not validate ({_first_problem(e)})"
-                    ) from e
-            size = len(item.prompt.encode("utf-8", "surrogatepass"))
-            if item.messages is not None:  # what runs: the limit counts their transcript
-                transcript = chat_transcript(item.messages)
-                size = max(size, len(transcript.encode("utf-8", "surrogatepass")))
-            if size > limit:
-                raise RefusedMessageError(
-                    f"item {item.index}'s prompt is {size} bytes, over this worker's limit of "
-                    f"{limit} (GENQ_MAX_PROMPT_BYTES: set the same on producers and workers)"
-                )
 
     def run(self, batch: Sequence[Item], checked: bool = False) -> list[Item]:
         """Generate for one batch and record its results; items of ended jobs are skipped
@@ -339,50 +304,6 @@ class BatchRunner:
                 settle[delivery.job_id].append(delivery.tag)
         return settle
 
-    def _prepare(self, chunk: WorkChunk, item: WorkItem) -> Prepared:
-        ids = self.engine.encode(self._text(item))
-        # What the errors call the text that was tokenised.
-        prompt = "the prompt" if item.messages is None else "the rendered conversation"
-        if not ids:
-            raise ItemRejected(ItemErrorType.EMPTY_PROMPT, f"{prompt} tokenises to no tokens")
-        params = item.params
-        if params.max_new_tokens is not None:
-            max_new = params.max_new_tokens
-        else:
-            assert params.max_length is not None
-            max_new = params.max_length - len(ids)
-            if max_new < 1:
-                raise ItemRejected(
-                    ItemErrorType.INVALID_PARAMS,
-                    f"max_length={params.max_length} leaves no room for new tokens after "
-                    f"{prompt}'s {len(ids)} tokens; raise max_length or use max_new_tokens",
-                )
-        context = self.engine.max_context
-        if context is not None and len(ids) + max_new > context:
-            if params.truncate and context - max_new >= 1:
-                ids = ids[len(ids) + max_new - context :]  # keep the end of the prompt
-            else:
-                raise ItemRejected(
-                    ItemErrorType.CONTEXT_LENGTH_EXCEEDED,
-                    f"{prompt} has {len(ids)} tokens and {max_new} new tokens were asked "
-                    f"for: {len(ids) + max_new} exceeds the model's context of {context} "
-                    "tokens; shorten the prompt, lower max_new_tokens, or set truncate=true "
-                    "to drop the start of the prompt",
-                )
-        return Prepared(chunk.job_id, chunk.enqueued_at, item, ids, max_new)
-
-    def _text(self, item: WorkItem) -> str:
-        """The text an item generates from: its prompt, or its conversation rendered with the
-        chat template (once, at admission: retries reuse the prepared token ids)."""
-        if item.messages is None:
-            return item.prompt
-        try:
-            return self.engine.render_chat(item.messages, self.settings.chat_template)
-        except NoChatTemplate as e:
-            raise ItemRejected(ItemErrorType.NO_CHAT_TEMPLATE, str(e)) from e
-        except ChatTemplateError as e:
-            raise ItemRejected(ItemErrorType.INVALID_PARAMS, str(e)) from e
-
     def _run(self, batch: list[Item]) -> list[Item]:
         started = time.time()
         for item in batch:
@@ -450,9 +371,3 @@ class BatchRunner:
         )
         self._record({prepared.job_id: [result]})
         return []
-
-
-def _first_problem(error: ValidationError) -> str:
-    problem = error.errors(include_url=False)[0]
-    where = ".".join(str(p) for p in problem["loc"])
-    return f"{where}: {problem['msg']}" if where else str(problem["msg"])

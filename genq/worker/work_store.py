@@ -3,7 +3,6 @@ attempts of the items it starts. Results are written through :meth:`JobStore.rec
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,13 +10,11 @@ from functools import cached_property
 
 from redis.commands.core import Script
 
-from genq.feeder import Feeder
+from genq.feeder import Feeder, log_refill_failure
 from genq.leases import LEASE, Lease, unacked_index_key, unacked_key
 from genq.pipelines import script_pipeline
 from genq.schema import GenerationParams, JobStatus
 from genq.store import JobStore, job_keys
-
-log = logging.getLogger("genq.worker")
 
 
 @dataclass(frozen=True)
@@ -73,7 +70,7 @@ class WorkStore(JobStore):
             if isinstance(leased, Exception):
                 raise leased
         if refill is not None and isinstance(replies[0], Exception):
-            log.warning("could not refill the queue from the jobs' pending lists: %s", replies[0])
+            log_refill_failure(replies[0])
         admitted = replies[-1]
         if isinstance(admitted, Exception):
             raise admitted
