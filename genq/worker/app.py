@@ -47,6 +47,7 @@ from genq.worker.item import Delivery
 from genq.worker.loop import SHUTDOWN_GRACE_S, EngineLoop
 from genq.worker.metrics import WorkerMetrics
 from genq.worker.ordering import policy_for
+from genq.worker.preparing import first_problem
 from genq.worker.runner import BatchRunner
 from genq.worker.scheduler import Scheduler
 from genq.worker.work_store import WorkStore
@@ -85,11 +86,9 @@ def read_chunk(payload: Any) -> WorkChunk:
     try:
         return WorkChunk.model_validate_json(args[0])
     except ValidationError as e:
-        problem = e.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in problem["loc"])
         raise RefusedMessageError(
-            f"not a work chunk of this genq version ({where + ': ' if where else ''}"
-            f"{problem['msg']}); producers and workers must run the same genq version"
+            f"not a work chunk of this genq version ({first_problem(e)}); producers and "
+            "workers must run the same genq version"
         ) from None
 
 
@@ -100,7 +99,7 @@ def create_app(
     every message it cannot use is refused into ``dead`` (see :mod:`genq.worker.guard`). Each
     message taken tops the queue up from the jobs' pending lists (:mod:`genq.feeder`)."""
     runner, scheduler = loop.runner, loop.scheduler
-    split = stores_split(settings)
+    split = not runner.settles_leases  # results on another Redis than the queue
     barrier = ReplicaBarrier(runner.store.redis, enabled=split)
     # One Redis for queue and results: each message's refill and lease ride in its
     # admission's round trip (docs/scaling.md, "Queue path before and after").
@@ -173,15 +172,11 @@ def create_app(
             def on_message(
                 message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
             ) -> None:
-                if rides is None:
-                    refill(feeder)
-                    take(message, body, reject)
-                    return
-                refilled = False
+                admitted = False
                 try:
-                    refilled = take(message, body, reject)
+                    admitted = take(message, body, reject)
                 finally:  # refused, requeued or raised: refill without the admission
-                    if not refilled:
+                    if rides is None or not admitted:
                         refill(feeder)
 
             def take(message: Any, body: Any, reject: Any) -> bool:
