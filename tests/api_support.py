@@ -10,11 +10,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from genq.devtools.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +65,18 @@ def start_api(port: int, log: Path, env: dict[str, str]) -> ApiProcess:
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
+
+
+@contextmanager
+def api_for(redis_url: str, log: Path, queue: str, key: str) -> Iterator[ApiProcess]:
+    """A `genq api` on a free port, on ``queue`` with one API ``key``; stopped afterwards."""
+    server = start_api(
+        free_port(), log, {"GENQ_REDIS_URL": redis_url, "GENQ_QUEUE": queue, "GENQ_API_KEYS": key}
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def tenants_file(path: Path, tenants: dict[str, dict[str, Any]]) -> Path:

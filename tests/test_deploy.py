@@ -19,8 +19,8 @@ import httpx
 import jsonschema
 import pytest
 import yaml
-from api_support import ApiProcess, start_api
-from conftest import RedisProcess, StartWorker, free_port
+from api_support import ApiProcess, api_for
+from conftest import RedisProcess, StartWorker
 from prometheus_client.parser import text_string_to_metric_families
 
 from genq.producer.client import Client
@@ -427,13 +427,8 @@ def exported_series(page: str) -> dict[str, Series]:
 
 @pytest.fixture
 def api(redis_server: RedisProcess, tmp_path: Path) -> Iterator[ApiProcess]:
-    server = start_api(
-        free_port(),
-        tmp_path / "api.log",
-        {"GENQ_REDIS_URL": redis_server.url, "GENQ_QUEUE": QUEUE, "GENQ_API_KEYS": KEY},
-    )
-    yield server
-    server.stop()
+    with api_for(redis_server.url, tmp_path / "api.log", QUEUE, KEY) as server:
+        yield server
 
 
 def live_series(

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import start_api
-from conftest import RedisProcess, StartWorker, free_port
+from api_support import api_for
+from conftest import RedisProcess, StartWorker
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,13 +66,8 @@ def test_a_worker_s_counts_are_exact_after_a_job(
 
 @pytest.fixture
 def api(redis_server: RedisProcess, tmp_path: Path):  # type: ignore[no-untyped-def]
-    server = start_api(
-        free_port(),
-        tmp_path / "api.log",
-        {"GENQ_REDIS_URL": redis_server.url, "GENQ_QUEUE": QUEUE, "GENQ_API_KEYS": KEY},
-    )
-    yield server
-    server.stop()
+    with api_for(redis_server.url, tmp_path / "api.log", QUEUE, KEY) as server:
+        yield server
 
 
 def test_a_bulk_histogram_is_exposed_as_prometheus_clients_own() -> None:
