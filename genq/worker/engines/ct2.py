@@ -24,11 +24,10 @@ from ctranslate2.converters import TransformersConverter
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from genq.errors import ModelLoadError, WorkerConfigError
-from genq.schema import ChatMessage, FinishReason
+from genq.schema import FinishReason
 from genq.settings import Settings
 from genq.worker.engines.base import Generation, Prepared, check_stop
-from genq.worker.engines.chat import render_with_tokenizer
-from genq.worker.engines.hf import context_length, resolve_model_path
+from genq.worker.engines.hf import TokenizerText, context_length, resolve_model_path
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def resolve_ct2_device(device: str) -> tuple[str, int]:
     return kind, int(index or 0)
 
 
-class CT2Engine:
+class CT2Engine(TokenizerText):
     """Batched generation with ``ctranslate2.Generator``; rows stop through its callback."""
 
     name = "ct2"
@@ -125,15 +124,6 @@ class CT2Engine:
             settings.model,
             context_length(config),
         )
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
-
-    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
-        """``messages`` rendered with ``template`` or the tokenizer's chat template (see
-        :func:`~genq.worker.engines.chat.render_with_tokenizer`)."""
-        return render_with_tokenizer(self.tokenizer, self.model_name, messages, template)
 
     def warmup(self) -> None:
         self.generator.generate_batch(

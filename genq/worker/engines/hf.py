@@ -162,7 +162,24 @@ class RowStopper(StoppingCriteria):  # type: ignore[misc]
         return text
 
 
-class HFEngine:
+class TokenizerText:
+    """Text into token ids and chat into a prompt, through a Hugging Face tokenizer: the part
+    of the engine interface the ``hf`` and ``ct2`` engines share."""
+
+    tokenizer: PreTrainedTokenizerBase
+    model_name: str
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
+    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
+        """``messages`` rendered with ``template`` or the tokenizer's chat template (see
+        :func:`~genq.worker.engines.chat.render_with_tokenizer`)."""
+        return render_with_tokenizer(self.tokenizer, self.model_name, messages, template)
+
+
+class HFEngine(TokenizerText):
     """GPT-2 (or any causal LM) through ``model.generate`` on left-padded static batches."""
 
     name = "hf"
@@ -203,15 +220,6 @@ class HFEngine:
         lm.to(torch_device)  # type: ignore[arg-type]
         lm.eval()  # type: ignore[no-untyped-call]
         return cls(lm, tokenizer, torch_device, model)
-
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
-
-    def render_chat(self, messages: Sequence[ChatMessage], template: str | None = None) -> str:
-        """``messages`` rendered with ``template`` or the tokenizer's chat template (see
-        :func:`~genq.worker.engines.chat.render_with_tokenizer`)."""
-        return render_with_tokenizer(self.tokenizer, self.model_name, messages, template)
 
     def decoder(self) -> ContinuousDecoder:
         """A continuous batch over this model (rows join and leave between steps)."""
