@@ -16,9 +16,9 @@ from genq.schema import (
     JobSpec,
     JobStatus,
     WorkChunk,
-    shown,
 )
 from genq.settings import CHUNK_MAX_BYTES, DEFAULT_MAX_NEW_TOKENS
+from genq.text import shown
 
 
 def test_defaults_follow_the_seed_tutorial_sampling() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from genq.schema.chat import ChatMessage, ChatRole, chat_transcript
 from genq.schema.chunks import ChunkItem, WorkChunk, WorkItem, chunk_messages, items_in_message
-from genq.schema.job import JobItem, JobSpec, _canonical, duplicate_custom_ids
+from genq.schema.job import JobItem, JobSpec, duplicate_custom_ids
 from genq.schema.params import GenerationParams
 from genq.schema.records import (
     TERMINAL,
@@ -22,9 +22,6 @@ from genq.schema.records import (
 )
 from genq.schema.results import ErrorInfo, FinishReason, ItemErrorType, ItemResult, Timing, Usage
 from genq.schema.scheduling import PRIORITIES, Priority, TenantPolicy
-
-# Reachable here as it was before the contract was split into modules (tests import it so).
-from genq.text import shown
 
 __all__ = [
     "PRIORITIES",
@@ -50,12 +47,10 @@ __all__ = [
     "WorkChunk",
     "WorkItem",
     "WorkerInfo",
-    "_canonical",
     "chat_transcript",
     "chunk_messages",
     "duplicate_custom_ids",
     "from_epoch",
     "items_in_message",
-    "shown",
     "utcnow",
 ]
