@@ -106,7 +106,7 @@ class SentinelUrl:
 def parse_sentinel_url(url: str, setting: str = "GENQ_REDIS_URL") -> SentinelUrl:
     """Read a ``sentinel://`` URL; :class:`RedisUrlError` (naming ``setting``, never the
     password) for anything that does not fit the form of the module doc."""
-    from genq.connection import check_credentials, split_credentials
+    from genq.redis_urls import check_credentials, split_credentials
 
     shown = redact_url(url)
     scheme, sep, rest = url.partition("://")

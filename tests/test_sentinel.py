@@ -17,10 +17,11 @@ from null_workers import start_null_worker
 from tlsutil import make_certificates, tls_unavailable_reason
 
 from genq import keyspace, leases
-from genq.connection import check_redis_url, connect
+from genq.connection import connect
 from genq.devtools.sentinel import MASTER_NAME, Security, SentinelGroup, ServerProcess
 from genq.errors import BrokerUnavailableError, RedisAccessError, RedisUrlError
 from genq.producer.client import Client
+from genq.redis_urls import check_redis_url
 from genq.sentinel import kombu_broker, parse_sentinel_url
 from genq.settings import Settings
 from genq.worker.flow import ReplicaBarrier
