@@ -1,7 +1,7 @@
 """Connecting to genq's Redis servers: clients for a URL (:func:`connect`, checked first by
 :func:`genq.redis_urls.check_redis_url`; through its Sentinels for a ``sentinel://`` URL), and
 the two :class:`Endpoint` s, the broker's and the results store's, with whether they are
-split. Why a connection failed is explained by :mod:`genq.redis_errors`."""
+split. Why a connection failed is explained by :mod:`genq.redis_diagnosis`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from genq.errors import GenqError, RedisUrlError
-from genq.redis_errors import explain_redis_error
+from genq.redis_diagnosis import explain_redis_error
 from genq.redis_urls import check_redis_url, url_options
 from genq.sentinel import is_sentinel_url, master_client, parse_sentinel_url
 from genq.settings import REDIS_SOCKET_TIMEOUT_S, Settings, redact_url

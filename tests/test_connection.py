@@ -18,7 +18,7 @@ from conftest import RedisProcess, free_port, listening
 from genq.connection import connect
 from genq.errors import BrokerUnavailableError, ConfigError, RedisAccessError, RedisUrlError
 from genq.producer.client import Client
-from genq.redis_errors import explain_redis_error
+from genq.redis_diagnosis import explain_redis_error
 from genq.settings import Settings
 
 SECRET = "s3cr3t-pw"
