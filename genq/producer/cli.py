@@ -404,7 +404,7 @@ def _worker_settings(settings: Settings, options: dict[str, Any]) -> Settings:
 def worker(ctx: click.Context, /, **options: Any) -> None:
     """Run a worker (one per GPU). Other options go to `celery worker`, e.g. --loglevel=DEBUG."""
     _require_worker_stack("worker")
-    from genq.worker.app import run_worker
+    from genq.worker.startup import run_worker
 
     run_worker(_worker_settings(ctx.find_object(Settings), options), ctx.args)  # type: ignore[arg-type]
 
