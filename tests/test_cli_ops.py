@@ -19,7 +19,8 @@ from conftest import ROOT, RedisProcess, valkey_binary
 
 from genq import keyspace
 from genq.connection import connect
-from genq.producer.client import Client, new_job_id
+from genq.producer.client import Client
+from genq.producer.enqueueing import new_job_id
 from genq.schema import DeadLetter, ItemResult, JobInfo, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.store import JobStore
 from genq.submissions import JobQuery, NewJob

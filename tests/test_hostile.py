@@ -21,7 +21,8 @@ from conftest import StartWorker, WorkerProcess
 
 from genq import keyspace, leases
 from genq.broker import GENERATE_TASK
-from genq.producer.client import Client, new_job_id
+from genq.producer.client import Client
+from genq.producer.enqueueing import new_job_id
 from genq.schema import DeadLetter
 from genq.settings import MAX_CHUNK_ITEMS, MAX_MESSAGE_BYTES, Settings
 

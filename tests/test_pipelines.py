@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from genq.connection import connect
 from genq.pipelines import script_pipeline
-from genq.producer.client import new_job_id
+from genq.producer.enqueueing import new_job_id
 from genq.registry import BatchStats
 from genq.schema import ItemResult, JobItem, JobSpec
 from genq.submissions import NewJob, SubmissionStore

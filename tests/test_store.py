@@ -16,7 +16,8 @@ from conftest import RedisProcess, valkey_binary
 from genq import keyspace, leases
 from genq.connection import connect
 from genq.errors import IdempotencyConflictError, JobNotFoundError
-from genq.producer.client import Client, new_job_id
+from genq.producer.client import Client
+from genq.producer.enqueueing import new_job_id
 from genq.registry import BatchStats
 from genq.schema import ErrorInfo, ItemResult, JobItem, JobSpec, JobStatus, WorkerInfo
 from genq.settings import Settings

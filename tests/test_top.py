@@ -17,7 +17,8 @@ import pytest
 from conftest import RedisProcess, StartWorker, WorkerProcess
 
 from genq import keyspace
-from genq.producer.client import Client, new_job_id
+from genq.producer.client import Client
+from genq.producer.enqueueing import new_job_id
 from genq.registry import BatchStats
 from genq.schema import WorkerInfo
 from genq.settings import DEFAULT_HEARTBEAT_S, Settings

@@ -24,7 +24,8 @@ from genq.api.lines import (
 )
 from genq.api.tenants import Tenant
 from genq.errors import QuotaExceededError
-from genq.producer.client import Client, new_job_id
+from genq.producer.client import Client
+from genq.producer.enqueueing import new_job_id
 from genq.producer.inputs import parse_line
 from genq.schema import (
     ChunkItem,

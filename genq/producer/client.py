@@ -9,7 +9,6 @@ for result in client.follow_results(job_id):  # as they are written; or wait(), 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,16 +18,11 @@ from typing import TypeVar
 
 import redis
 from celery import Celery
-from kombu.transport import redis as kombu_redis
 
 from genq import keyspace
 from genq.connection import Endpoint, broker_endpoint, results_endpoint, stores_split
 from genq.dead_letters import DeadLetterStore
-from genq.errors import (
-    DurabilityError,
-    EnqueueError,
-    JobNotFinishedError,
-)
+from genq.errors import JobNotFinishedError
 from genq.feeder import (
     Feeder,
     QueueView,
@@ -38,7 +32,8 @@ from genq.feeder import (
     remove_policy,
     write_policy,
 )
-from genq.producer.staging import Sender, StagingChannel
+from genq.producer.enqueueing import enqueue, new_job_id, new_sender
+from genq.producer.staging import Sender
 from genq.producer.validation import ItemInput, ParamsInput, validate_job, with_job_options
 from genq.producer.waiting import follow, polls
 from genq.schema import (
@@ -50,13 +45,8 @@ from genq.schema import (
     TenantPolicy,
     WorkerInfo,
 )
-from genq.sentinel import is_sentinel_url
-from genq.server_facts import append_only, confirm_writes, connected_replicas
-from genq.settings import (
-    DURABLE_SUBMIT_TIMEOUT_S,
-    REPLICA_CHECK_S,
-    Settings,
-)
+from genq.server_facts import append_only
+from genq.settings import Settings
 from genq.submissions import JobQuery, NewJob, SubmissionStore
 
 RETRY_OF = "retry_of"  # metadata key linking a retry job to the job whose failed items it holds
@@ -79,19 +69,6 @@ class ResultFilter(str, Enum):
 
 
 T = TypeVar("T")
-
-
-def new_job_id() -> str:
-    """An unguessable job id (128 random bits)."""
-    return secrets.token_hex(16)
-
-
-class _SentinelStagingChannel(StagingChannel, kombu_redis.SentinelChannel):  # type: ignore[misc]
-    """The producer's staging channel on a broker behind Redis Sentinel."""
-
-
-class _SentinelStagingTransport(kombu_redis.SentinelTransport):  # type: ignore[misc]
-    Channel = _SentinelStagingChannel
 
 
 class Client:
@@ -208,94 +185,12 @@ class Client:
         job failed and raises :class:`EnqueueError`. A tenant over a quota raises
         :class:`QuotaExceededError` and nothing is written.
         """
-        if idempotency is not None:
-            bound = self._guard(lambda: self.store.bound_job(*idempotency))
-            if bound is not None:  # a retried submit: its job exists, whatever the quotas
-                return bound
-        self._guard(lambda: self.store.create_job(job_id, job))
-        if idempotency is not None:
-            key, fingerprint = idempotency
-            try:
-                earlier = self._guard(
-                    lambda: self.store.claim_idempotency_key(key, fingerprint, job_id)
-                )
-            except BaseException:
-                self._guard(lambda: self.store.discard_job(job_id, job.tenant))
-                raise
-            if earlier is not None:
-                self._guard(lambda: self.store.discard_job(job_id, job.tenant))
-                return earlier
-        try:
-            self.sender.send(job_id, job, messages)
-        except Exception as e:
-            why = type(e).__name__
-            if isinstance(e, redis.exceptions.RedisError):
-                problem = self.broker_endpoint.explain(e)
-                why = str(problem) if problem is not None else why
-            message = f"could not enqueue the job ({why}); submit it again"
-            try:
-                self.store.fail(job_id, message)
-                if self.split:  # no refill reads the record: what was staged goes now
-                    self.feeder.drop(job_id)
-            except redis.exceptions.RedisError:
-                pass  # its messages are skipped by workers: the job has failed
-            finally:
-                raise EnqueueError(f"job {job_id}: {message}") from e
-        # Returning the id is the promise that the job survives a Redis crash: with an
-        # append-only file, wait until it holds the job (no-op on a server without one).
-        self._guard(lambda: self.store.confirm_durable(job_id, DURABLE_SUBMIT_TIMEOUT_S))
-        # ... and a failover: with replicas, until one has it (see docs/reliability.md).
-        self._confirm_replicated(job_id)
-        return job_id
-
-    def _replicas_of(self, client: redis.Redis) -> int | None:
-        """The server's online replicas, asked at most every REPLICA_CHECK_S: a submit (each
-        single /v1/completions request is one) should not pay an INFO round trip each time."""
-        now = time.monotonic()
-        checked = self._replicas_checked.get(id(client))
-        if checked is None or now - checked[0] > REPLICA_CHECK_S:
-            checked = (now, connected_replicas(client))
-            self._replicas_checked[id(client)] = checked
-        return checked[1]
-
-    def _confirm_replicated(self, job_id: str) -> None:
-        """Wait until a replica of each server holds the job (when the server has replicas);
-        with the stores split, until the broker's append-only file holds its messages too.
-        :class:`DurabilityError` when a server could not confirm it in time."""
-        sides = [(self.store.redis, self.results_endpoint, keyspace.durable_mark(), False)]
-        if self.split:
-            mark = keyspace.sched_mark(self.settings.queue, "durable")
-            sides.append((self.broker, self.broker_endpoint, mark, True))
-        for client, endpoint, mark, disk in sides:
-            replicas = self._guard(partial(self._replicas_of, client), endpoint)
-            confirm = partial(
-                confirm_writes, client, mark, DURABLE_SUBMIT_TIMEOUT_S, disk=disk, replicas=replicas
-            )
-            confirmed = self._guard(confirm, endpoint)
-            lost = (
-                "its append-only file"
-                if confirmed.on_disk is False
-                else "a replica"
-                if confirmed.on_replica is False
-                else None
-            )
-            if lost is not None:
-                raise DurabilityError(
-                    f"job {job_id} was enqueued but Redis at {endpoint.shown} "
-                    f"({endpoint.setting}) did not confirm that {lost} holds it within "
-                    f"{DURABLE_SUBMIT_TIMEOUT_S:g}s; "
-                    "it may run, or be lost if that Redis fails now. Check the server and its "
-                    "replicas, then submit again with the same idempotency key"
-                )
+        return enqueue(self, job_id, job, messages, idempotency)
 
     @property
     def sender(self) -> Sender:
         if self._sender is None:
-            self._sender = Sender(self.settings, self.feeder)
-            if is_sentinel_url(self.settings.redis_url):
-                # The sender's kombu channel stages messages; behind Sentinel it must find the
-                # primary through them, as the workers' channels do.
-                self._sender.celery.conf.broker_transport = _SentinelStagingTransport
+            self._sender = new_sender(self.settings, self.feeder)
         return self._sender
 
     @property
