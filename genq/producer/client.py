@@ -32,7 +32,7 @@ from genq.feeder import (
     remove_policy,
     write_policy,
 )
-from genq.producer.enqueueing import enqueue, new_job_id, new_sender
+from genq.producer.enqueueing import ReplicaCounts, enqueue, new_job_id, new_sender
 from genq.producer.staging import Sender
 from genq.producer.validation import ItemInput, ParamsInput, validate_job, with_job_options
 from genq.producer.waiting import follow, polls
@@ -98,7 +98,7 @@ class Client:
         )
         self.dead = DeadLetterStore(self.broker)
         self._sender: Sender | None = None
-        self._replicas_checked: dict[int, tuple[float, int | None]] = {}
+        self.replicas = ReplicaCounts()
         self._feeder: Feeder | None = None
 
     # --- submission -----------------------------------------------------------------------
@@ -207,16 +207,16 @@ class Client:
     # --- reading --------------------------------------------------------------------------
     def status(self, job_id: str) -> JobInfo:
         """The job's status and counters (one Redis call, whatever its size)."""
-        return self._guard(lambda: self.store.get(job_id))
+        return self.guarded(lambda: self.store.get(job_id))
 
     def jobs(self, limit: int = 20, query: JobQuery | None = None) -> list[JobInfo]:
         """The most recent jobs, newest first; with ``query``, those matching it (statuses,
         metadata), from the newest LIST_JOBS_SCAN_LIMIT jobs (:meth:`SubmissionStore.list_jobs`)."""
-        return self._guard(lambda: self.store.list_jobs(limit, query))
+        return self.guarded(lambda: self.store.list_jobs(limit, query))
 
     def results(self, job_id: str, offset: int = 0, limit: int = 100) -> list[ItemResult]:
         """One page of results in input order (items still running are skipped)."""
-        return self._guard(lambda: self.store.results(job_id, offset, limit))
+        return self.guarded(lambda: self.store.results(job_id, offset, limit))
 
     def iter_results(
         self, job_id: str, page_size: int = 500, *, only: ResultFilter = ResultFilter.ALL
@@ -270,7 +270,7 @@ class Client:
         and no producer has said so yet for this Redis; the call marks it said. False when
         the server has one, or will not tell (INFO denied). The results store's;
         :meth:`claim_no_append_only_notices` asks both servers."""
-        return self._guard(
+        return self.guarded(
             lambda: self.store.append_only() is False and self.store.claim_notice(NO_AOF_NOTICE)
         )
 
@@ -286,13 +286,13 @@ class Client:
                 fresh = append_only(self.broker) is False
                 return fresh and bool(self.broker.set(mark, repr(time.time()), nx=True))
 
-            if self._guard(claim, self.broker_endpoint):
+            if self.guarded(claim, self.broker_endpoint):
                 found.insert(0, self.broker_endpoint)
         return found
 
     def dead_letter_count(self) -> int:
         """How many dead letters are kept (at most DEAD_LETTER_LIMIT)."""
-        return self._guard(self.dead.dead_letter_count, self.broker_endpoint)
+        return self.guarded(self.dead.dead_letter_count, self.broker_endpoint)
 
     def wait(
         self,
@@ -334,30 +334,30 @@ class Client:
         statuses = polls(self, job_id, timeout_s, poll_interval_s, on_progress)
 
         def read(indexes: list[int]) -> dict[int, ItemResult]:
-            return self._guard(lambda: self.store.results_at(job_id, indexes))
+            return self.guarded(lambda: self.store.results_at(job_id, indexes))
 
         return follow(statuses, read, page_size)
 
     def cancel(self, job_id: str) -> JobInfo:
         """Stop generating the job's remaining items; finished results stay readable."""
-        info = self._guard(lambda: self.store.cancel(job_id))
+        info = self.guarded(lambda: self.store.cancel(job_id))
         # Its pending messages are never queued.
-        self._guard(lambda: self.feeder.drop(job_id), self.broker_endpoint)
+        self.guarded(lambda: self.feeder.drop(job_id), self.broker_endpoint)
         return info
 
     def queue(self) -> QueueView:
         """What waits on this client's queue: jobs with pending messages (by priority and
         tenant), and messages ready for the next worker."""
-        return self._guard(self.feeder.view, self.broker_endpoint)
+        return self.guarded(self.feeder.view, self.broker_endpoint)
 
     def tenant_policies(self) -> dict[str, TenantPolicy]:
         """Every tenant with a weight or quotas set, by name."""
-        return self._guard(lambda: read_policies(self.store.redis))
+        return self.guarded(lambda: read_policies(self.store.redis))
 
     def tenant_usage(self, tenant: str) -> TenantUsage:
         """What ``tenant``'s quotas count now (its unfinished jobs, their items not done)."""
         keyspace.checked_id(tenant, "tenant name")
-        return self._guard(lambda: read_usage(self.store.redis, tenant))
+        return self.guarded(lambda: read_usage(self.store.redis, tenant))
 
     def set_tenant_policy(self, tenant: str, policy: TenantPolicy | None) -> None:
         """Set ``tenant``'s weight and quotas; None: back to weight 1 and no quotas. Written
@@ -369,26 +369,26 @@ class Client:
             sides.append((self.broker, self.broker_endpoint))
         for client, endpoint in sides:
             if policy is None:
-                self._guard(partial(remove_policy, client, tenant), endpoint)
+                self.guarded(partial(remove_policy, client, tenant), endpoint)
             else:
-                self._guard(partial(write_policy, client, tenant, policy), endpoint)
+                self.guarded(partial(write_policy, client, tenant, policy), endpoint)
 
     def workers(self) -> list[WorkerInfo]:
         """Live workers and their counters (batch sizes included)."""
-        return self._guard(lambda: self.store.workers(self.settings.heartbeat_s))
+        return self.guarded(lambda: self.store.workers(self.settings.heartbeat_s))
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
         """Queue messages workers refused (undecodable, foreign, not matching their job), newest
         first, each with its reason."""
-        return self._guard(lambda: self.dead.dead_letters(offset, limit), self.broker_endpoint)
+        return self.guarded(lambda: self.dead.dead_letters(offset, limit), self.broker_endpoint)
 
     def purge_dead_letters(self) -> int:
         """Delete every dead letter; return how many there were."""
-        return self._guard(self.dead.purge_dead_letters, self.broker_endpoint)
+        return self.guarded(self.dead.purge_dead_letters, self.broker_endpoint)
 
-    def _guard(self, call: Callable[[], T], endpoint: Endpoint | None = None) -> T:
-        """``call()``, a Redis error explained for ``endpoint``, the server it talks to (the
-        results store unless said)."""
+    def guarded(self, call: Callable[[], T], endpoint: Endpoint | None = None) -> T:
+        """``call()``, a Redis error raised as genq's explanation of it for ``endpoint``, the
+        server it talks to (the results store unless said)."""
         try:
             return call()
         except redis.exceptions.RedisError as e:

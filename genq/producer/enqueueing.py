@@ -60,21 +60,21 @@ def enqueue(
     """Write the job's record, then send its ``messages``; return the job id (or the id of the
     job ``idempotency`` is already bound to). Raises as :meth:`Client.enqueue` says."""
     if idempotency is not None:
-        bound = client._guard(lambda: client.store.bound_job(*idempotency))
+        bound = client.guarded(lambda: client.store.bound_job(*idempotency))
         if bound is not None:  # a retried submit: its job exists, whatever the quotas
             return bound
-    client._guard(lambda: client.store.create_job(job_id, job))
+    client.guarded(lambda: client.store.create_job(job_id, job))
     if idempotency is not None:
         key, fingerprint = idempotency
         try:
-            earlier = client._guard(
+            earlier = client.guarded(
                 lambda: client.store.claim_idempotency_key(key, fingerprint, job_id)
             )
         except BaseException:
-            client._guard(lambda: client.store.discard_job(job_id, job.tenant))
+            client.guarded(lambda: client.store.discard_job(job_id, job.tenant))
             raise
         if earlier is not None:
-            client._guard(lambda: client.store.discard_job(job_id, job.tenant))
+            client.guarded(lambda: client.store.discard_job(job_id, job.tenant))
             return earlier
     try:
         client.sender.send(job_id, job, messages)
@@ -94,21 +94,26 @@ def enqueue(
             raise EnqueueError(f"job {job_id}: {message}") from e
     # Returning the id is the promise that the job survives a Redis crash: with an
     # append-only file, wait until it holds the job (no-op on a server without one).
-    client._guard(lambda: client.store.confirm_durable(job_id, DURABLE_SUBMIT_TIMEOUT_S))
+    client.guarded(lambda: client.store.confirm_durable(job_id, DURABLE_SUBMIT_TIMEOUT_S))
     # ... and a failover: with replicas, until one has it (see docs/reliability.md).
     _confirm_replicated(client, job_id)
     return job_id
 
 
-def _replicas_of(client: Client, server: redis.Redis) -> int | None:
-    """The server's online replicas, asked at most every REPLICA_CHECK_S: a submit (each
+class ReplicaCounts:
+    """Servers' online replicas, each asked at most every REPLICA_CHECK_S: a submit (each
     single /v1/completions request is one) should not pay an INFO round trip each time."""
-    now = time.monotonic()
-    checked = client._replicas_checked.get(id(server))
-    if checked is None or now - checked[0] > REPLICA_CHECK_S:
-        checked = (now, connected_replicas(server))
-        client._replicas_checked[id(server)] = checked
-    return checked[1]
+
+    def __init__(self) -> None:
+        self._checked: dict[int, tuple[float, int | None]] = {}  # by id(server)
+
+    def of(self, server: redis.Redis) -> int | None:
+        now = time.monotonic()
+        checked = self._checked.get(id(server))
+        if checked is None or now - checked[0] > REPLICA_CHECK_S:
+            checked = (now, connected_replicas(server))
+            self._checked[id(server)] = checked
+        return checked[1]
 
 
 def _confirm_replicated(client: Client, job_id: str) -> None:
@@ -120,11 +125,11 @@ def _confirm_replicated(client: Client, job_id: str) -> None:
         mark = keyspace.sched_mark(client.settings.queue, "durable")
         sides.append((client.broker, client.broker_endpoint, mark, True))
     for server, endpoint, mark, disk in sides:
-        replicas = client._guard(partial(_replicas_of, client, server), endpoint)
+        replicas = client.guarded(partial(client.replicas.of, server), endpoint)
         confirm = partial(
             confirm_writes, server, mark, DURABLE_SUBMIT_TIMEOUT_S, disk=disk, replicas=replicas
         )
-        confirmed = client._guard(confirm, endpoint)
+        confirmed = client.guarded(confirm, endpoint)
         lost = (
             "its append-only file"
             if confirmed.on_disk is False
