@@ -147,11 +147,15 @@ def create_app(
             def on_message(
                 message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_: Any
             ) -> None:
+                if rides is None:  # the refill is a round trip of its own: first, as ever
+                    refill(feeder)
+                    take(message, body, reject)
+                    return
                 admitted = False
                 try:
                     admitted = take(message, body, reject)
                 finally:  # refused, requeued or raised: refill without the admission
-                    if rides is None or not admitted:
+                    if not admitted:
                         refill(feeder)
 
             def take(message: Any, body: Any, reject: Any) -> bool:

@@ -1,4 +1,7 @@
-"""The ``hf`` engine: torch + transformers ``generate`` on static, left-padded batches."""
+"""The ``hf`` engine: torch + transformers ``generate`` on static, left-padded batches; and what
+every engine on a Hugging Face model shares (``ct2`` uses them too): where its files are
+(:func:`resolve_model_path`), its context length (:func:`context_length`), and text in and out
+through its tokenizer (:class:`TokenizerText`)."""
 
 from __future__ import annotations
 
