@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from genq.api.batch_store import BatchCreate
+from genq.api.batch_requests import BatchCreate
 from genq.api.context import ApiContext, context, idempotent, list_object, tenant
 from genq.api.idempotency import fingerprint
 from genq.api.responses import ApiResponse
