@@ -21,13 +21,13 @@ from conftest import RedisProcess, free_port
 from standardwebhooks.webhooks import Webhook
 
 from genq import keyspace
-from genq.api import webhooks
+from genq.api import webhook_targets
+from genq.api.webhook_targets import check_target
 from genq.api.webhooks import (
     Delivery,
     Event,
     Later,
     WebhookSender,
-    check_target,
     event_id,
     new_secret,
 )
@@ -424,7 +424,7 @@ def test_a_delivery_goes_to_the_address_checked_not_to_a_second_lookup(
         return real_lookup("127.0.0.1", *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    monkeypatch.setattr(webhooks, "_why_not_global", lambda address: None)
+    monkeypatch.setattr(webhook_targets, "_why_not_global", lambda address: None)
     resolver = Resolver(f"http://hooks.rebind.test:{receiver.port}/hook")
     ident = queue(client, time.time())
     WebhookSender(client, resolver, allow_private=False).run_once()

@@ -18,7 +18,7 @@ from genq.api.errors import ApiError, not_found, where_and_message
 from genq.api.idempotency import fingerprint
 from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
-from genq.api.webhooks import check_target
+from genq.api.webhook_targets import check_target
 from genq.errors import InputFileError, InvalidIdError, JobNotFoundError
 from genq.producer.client import ResultFilter
 from genq.producer.inputs import parse_line, read_items

@@ -143,7 +143,7 @@ def _check_webhook_url(url: str, allow_private: bool) -> None:
     """What can be checked of a webhook URL at start without DNS: its form, and an address
     written in it. A name is resolved and checked before each delivery instead, so that one
     receiver's DNS being away does not stop the service from starting."""
-    from genq.api.webhooks import check_target
+    from genq.api.webhook_targets import check_target
 
     try:
         host = httpx.URL(url).host

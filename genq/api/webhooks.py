@@ -15,21 +15,17 @@ Failures (no 2xx, no connection, a refused target) are retried after WEBHOOK_BAC
 longer ``Retry-After`` on 429/503, at most an hour) until WEBHOOK_RETRY_FOR_S has passed since
 the first attempt; then the event is given up and recorded in ``genq:webhooks:failed``.
 
-Server-side request forgery: :func:`check_target` refuses targets on non-global addresses
-(unless GENQ_WEBHOOK_ALLOW_PRIVATE=1), when a target is registered and again before every
-delivery; the request then goes to the very address that was checked (DNS answers may change
-between a check and a connection), with the URL's host in ``Host`` and as the TLS server name.
+Server-side request forgery: every delivery's target is checked first, and the request sent to
+the very address that was checked (:mod:`genq.api.webhook_targets`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import ipaddress
 import json
 import logging
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -42,6 +38,7 @@ import redis
 from standardwebhooks.webhooks import EmptyWebhookSecretError, Webhook
 
 from genq import __version__, keyspace, scripts
+from genq.api.webhook_targets import checked_target
 from genq.errors import WebhookTargetError
 from genq.settings import (
     WEBHOOK_BACKOFF_S,
@@ -57,10 +54,6 @@ USER_AGENT = f"genq-webhooks/{__version__}"
 RETRY_AFTER_CAP_S = 3600  # a receiver's Retry-After is honoured up to this long
 FAILED_KEPT = 1000  # entries of genq:webhooks:failed kept (newest first)
 ERROR_LOG_EVERY_S = 10.0  # the sender thread logs a failing round at most this often
-_ALLOW_HINT = "set GENQ_WEBHOOK_ALLOW_PRIVATE=1 only for a receiver inside a trusted network"
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 @dataclass(frozen=True)
@@ -127,94 +120,6 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signer.sign(msg_id, when, body.decode()),
     }
-
-
-def check_target(url: str, *, allow_private: bool) -> None:
-    """Refuse (:class:`WebhookTargetError`) a webhook URL genq will not call: not http(s) with
-    a host, or, unless ``allow_private``, a host with any address that is not global
-    (loopback, private, link-local such as cloud metadata, multicast, reserved, unspecified,
-    an IPv6 form of one) or that does not resolve at all."""
-    _target(url, allow_private=allow_private)
-
-
-@dataclass(frozen=True)
-class _Target:
-    url: httpx.URL  # with the checked address in place of a host name
-    host: str  # for logs and the Host header
-    headers: dict[str, str]
-    extensions: dict[str, Any]
-
-
-def _target(url: str, *, allow_private: bool) -> _Target:
-    # Parsed by httpx, as it will be sent: another parser may read another host in the URL.
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as e:
-        raise WebhookTargetError(f"invalid webhook URL: {e}") from None
-    host = parsed.raw_host.decode("ascii", "replace")
-    if parsed.scheme not in ("http", "https") or not host:
-        # Scheme and host only: the rest of a URL may hold credentials.
-        raise WebhookTargetError(
-            "a webhook URL must be http:// or https:// with a host, not "
-            f"{parsed.scheme[:20] or 'no scheme'}:// with {host[:60] or 'no host'}"
-        )
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    if not 0 < port < 65536:
-        raise WebhookTargetError(f"webhook URL {host}: port {port} is out of range")
-    if allow_private:
-        return _Target(parsed, host, {}, {})
-    try:
-        addresses: list[IPAddress] = [ipaddress.ip_address(host)]
-        literal = True
-    except ValueError:
-        addresses, literal = _resolve(host, port), False
-    for address in addresses:
-        why = _why_not_global(address)
-        if why is not None:
-            raise WebhookTargetError(
-                f"webhook host {host[:100]} is at {address} ({why}), which genq will not call; "
-                + _ALLOW_HINT
-            )
-    if literal:
-        return _Target(parsed, host, {}, {})
-    pinned = parsed.copy_with(host=str(addresses[0]))
-    headers = {"host": parsed.netloc.decode("ascii")}
-    extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
-    return _Target(pinned, host, headers, extensions)
-
-
-def _resolve(host: str, port: int) -> list[IPAddress]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
-        infos = []
-    # A scope id (fe80::1%eth0) is not part of the address.
-    found = [ipaddress.ip_address(str(info[4][0]).partition("%")[0]) for info in infos]
-    if not found:
-        raise WebhookTargetError(f"webhook host {host[:100]} does not resolve to an address")
-    return found
-
-
-def _why_not_global(address: IPAddress) -> str | None:
-    if isinstance(address, ipaddress.IPv6Address):
-        # IPv6 forms that carry an IPv4 address reach that address.
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and address in _NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            return _why_not_global(embedded)
-    for why, flag in (
-        ("loopback", address.is_loopback),
-        ("unspecified", address.is_unspecified),
-        ("link-local", address.is_link_local),
-        ("multicast", address.is_multicast),
-        ("private", address.is_private),
-        ("reserved", address.is_reserved),
-        ("non-global", not address.is_global),
-    ):
-        if flag:
-            return why
-    return None
 
 
 class WebhookSender:
@@ -291,7 +196,7 @@ class WebhookSender:
     def _deliver(self, job_id: str, delivery: Delivery) -> tuple[str | None, float | None]:
         """POST ``delivery``: (None, None) on a 2xx, else (why, the Retry-After asked)."""
         try:
-            target = _target(delivery.url, allow_private=self.allow_private)
+            target = checked_target(delivery.url, allow_private=self.allow_private)
         except WebhookTargetError as e:
             log.info("webhook for job %s: target refused: %s", job_id, e)
             return str(e), None
