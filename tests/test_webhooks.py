@@ -424,12 +424,14 @@ def test_a_delivery_goes_to_the_address_checked_not_to_a_second_lookup(
         return real_lookup("127.0.0.1", *args, **kwargs)
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
-    monkeypatch.setattr(webhook_targets, "_why_not_global", lambda address: None)
+    checked: list[Any] = []  # the addresses the SSRF check was asked about
+    monkeypatch.setattr(webhook_targets, "_why_not_global", checked.append)
     resolver = Resolver(f"http://hooks.rebind.test:{receiver.port}/hook")
     ident = queue(client, time.time())
     WebhookSender(client, resolver, allow_private=False).run_once()
     (got,) = receiver.requests
     assert lookups == ["hooks.rebind.test"]
+    assert [str(address) for address in checked] == ["127.0.0.1"]  # the name was checked
     assert got.headers["host"] == f"hooks.rebind.test:{receiver.port}"
     assert verify(got).data.id == "batch_" + ident
 

@@ -1,8 +1,10 @@
 """Webhook targets: which URLs genq will call, against server-side request forgery.
 
 :func:`check_target` refuses targets on non-global addresses (unless
-GENQ_WEBHOOK_ALLOW_PRIVATE=1), when a target is registered and again before every delivery
-(:func:`checked_target`, used by :class:`genq.api.webhooks.WebhookSender`); the request then
+GENQ_WEBHOOK_ALLOW_PRIVATE=1) when a target is registered (a job's ``callback_url``; a tenant's
+``webhook_url`` as far as it can be told without a DNS lookup, at startup), and again before
+every delivery (:func:`checked_target`, used by :class:`genq.api.webhooks.WebhookSender`); the
+request then
 goes to the very address that was checked (DNS answers may change between a check and a
 connection), with the URL's host in ``Host`` and as the TLS server name.
 """
