@@ -1,5 +1,5 @@
-"""API files in Redis (genq.api.file_store): uploads checked line by line as they are stored,
-their limits, and what a file that is not valid batch input reports."""
+"""API files in Redis (genq.api.file_store): uploads checked line by line as they are stored
+(genq.api.file_checks), their limits, and what a file that is not valid batch input reports."""
 
 from __future__ import annotations
 
