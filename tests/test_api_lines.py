@@ -11,11 +11,8 @@ from genq.api.lines import (
     CHAT_COMPLETIONS,
     COMPLETIONS,
     RequestRefused,
-    expired_line,
-    output_line,
     translate,
 )
-from genq.schema import ErrorInfo, ItemResult, Usage
 
 
 def body(**fields: Any) -> dict[str, Any]:
@@ -151,39 +148,3 @@ def test_chat_bodies_genq_cannot_run_are_refused(messages: Any) -> None:
                 "messages": [{"role": "user", "content": "x"}],
             },
         )
-
-
-def test_results_become_openai_output_lines() -> None:
-    ok = ItemResult(
-        custom_id="a",
-        index=0,
-        prompt="p",
-        outputs=["x", "y"],
-        finish_reasons=["eos", "length"],
-        usage=Usage(prompt_tokens=2, completion_tokens=5),
-    )
-    line = output_line(COMPLETIONS, "j", ok, "gpt2", 100)
-    assert line["custom_id"] == "a"
-    assert line["error"] is None
-    answer = line["response"]["body"]
-    assert [c["finish_reason"] for c in answer["choices"]] == ["stop", "length"]
-    assert answer["usage"] == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
-    chat = output_line(CHAT_COMPLETIONS, "j", ok, "gpt2", 100)["response"]["body"]
-    assert chat["object"] == "chat.completion"
-    assert chat["choices"][0]["message"] == {"role": "assistant", "content": "x", "refusal": None}
-    too_long = ItemResult(
-        custom_id="b",
-        index=1,
-        prompt="p",
-        error=ErrorInfo(type="context_length_exceeded", message="too long"),
-    )
-    assert output_line(COMPLETIONS, "j", too_long, "gpt2", 1)["response"]["status_code"] == 400
-    lost = ItemResult(
-        custom_id="c", index=2, prompt="p", error=ErrorInfo(type="worker_lost", message="gone")
-    )
-    assert output_line(COMPLETIONS, "j", lost, "gpt2", 1)["response"]["status_code"] == 500
-    expired = expired_line("j", 3, "d")
-    assert expired["response"] is None
-    assert expired["error"]["code"] == "batch_expired"
-    # Ids are stable: a finalisation done twice writes the same lines.
-    assert output_line(COMPLETIONS, "j", ok, "gpt2", 100) == line

@@ -13,7 +13,7 @@ import redis
 
 from genq import keyspace
 from genq.api.file_store import FileStore, new_file_id
-from genq.api.lines import expired_line, is_expired, output_line
+from genq.api.openai_results import expired_line, is_expired, output_line
 from genq.schema import ItemResult
 from genq.settings import FINALIZE_LOCK_S, Settings
 

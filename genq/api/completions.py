@@ -19,10 +19,9 @@ from genq.api.lines import (
     COMPLETIONS,
     RequestRefused,
     defaults_for,
-    error_status,
-    response_object,
     translate,
 )
+from genq.api.openai_results import error_status, response_object
 from genq.api.responses import ApiResponse
 from genq.api.tenants import Tenant
 from genq.errors import InputFileError
