@@ -9,8 +9,8 @@ Each run is a fresh process (``--measure``) with its own Redis (no append-only f
 other queue benchmarks), so that ``--baseline`` measures another checkout's genq on the same
 machine in the same session: its directory goes first on PYTHONPATH and this file imports
 nothing but genq. A run prints one JSON line: the submit, the wait for the last item, the
-read of every result, prompts per second over all three, and the CPU seconds the worker, the
-client and Redis spent.
+read of every result, prompts per second over all three, and the CPU seconds the worker (its
+main thread and its engine thread apart), the client and Redis spent.
 """
 
 from __future__ import annotations
@@ -32,7 +32,19 @@ READY_TIMEOUT_S = 120
 
 
 def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _cpu_s_of(f"/proc/{pid}/stat")
+
+
+def _thread_cpu_s(pid: int) -> dict[int, float]:
+    """CPU seconds of each of the process's threads, by thread id."""
+    return {
+        int(tid): _cpu_s_of(f"/proc/{pid}/task/{tid}/stat")
+        for tid in os.listdir(f"/proc/{pid}/task")
+    }
+
+
+def _cpu_s_of(stat_path: str) -> float:
+    fields = Path(stat_path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -72,6 +84,7 @@ def measure(items: int) -> dict[str, Any]:
                 info = client.store.redis.info("cpu")
                 return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
 
+            threads_cpu = _thread_cpu_s(worker.pid)
             worker_cpu, redis_cpu, client_cpu = (
                 _cpu_s(worker.pid),
                 redis_cpu_s(),
@@ -94,6 +107,9 @@ def measure(items: int) -> dict[str, Any]:
                 "total_s": finished - started,
                 "prompts_per_s": items / (finished - started),
                 "worker_cpu_s": _cpu_s(worker.pid) - worker_cpu,
+                # The worker's main thread (kombu's consumer, the admission) and its busiest
+                # other one (the engine loop): which of the two holds the job back.
+                **_threads_spent(worker.pid, threads_cpu),
                 "client_cpu_s": time.process_time() - client_cpu,
                 "redis_cpu_s": redis_cpu_s() - redis_cpu,
             }
@@ -110,6 +126,15 @@ def measure(items: int) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 worker.kill()
             server.stop()
+
+
+def _threads_spent(pid: int, before: dict[int, float]) -> dict[str, float]:
+    spent = {tid: cpu - before.get(tid, 0.0) for tid, cpu in _thread_cpu_s(pid).items()}
+    main = spent.pop(pid, 0.0)
+    return {
+        "worker_main_thread_cpu_s": main,
+        "worker_busiest_other_thread_cpu_s": max(spent.values(), default=0.0),
+    }
 
 
 def follow(client: Any, prompts: list[str]) -> float | None:
@@ -169,7 +194,13 @@ def main() -> None:
                 f"run {run + 1} {name}: {result['prompts_per_s']:,.0f} prompts/s "
                 f"(followed: {f'{followed:,.0f}' if followed else '-'}) "
                 f"(submit {result['submit_s']:.2f} s, until done {result['until_done_s']:.2f} s, "
-                f"read {result['read_s']:.2f} s; worker CPU {result['worker_cpu_s']:.2f} s)",
+                f"read {result['read_s']:.2f} s; worker CPU {result['worker_cpu_s']:.2f} s"
+                + (
+                    f": main thread {result['worker_main_thread_cpu_s']:.2f} s, engine thread "
+                    f"{result['worker_busiest_other_thread_cpu_s']:.2f} s)"
+                    if "worker_main_thread_cpu_s" in result
+                    else ")"
+                ),
                 file=sys.stderr,
             )
     summary = {
