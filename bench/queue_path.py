@@ -194,13 +194,9 @@ def main() -> None:
                 f"run {run + 1} {name}: {result['prompts_per_s']:,.0f} prompts/s "
                 f"(followed: {f'{followed:,.0f}' if followed else '-'}) "
                 f"(submit {result['submit_s']:.2f} s, until done {result['until_done_s']:.2f} s, "
-                f"read {result['read_s']:.2f} s; worker CPU {result['worker_cpu_s']:.2f} s"
-                + (
-                    f": main thread {result['worker_main_thread_cpu_s']:.2f} s, engine thread "
-                    f"{result['worker_busiest_other_thread_cpu_s']:.2f} s)"
-                    if "worker_main_thread_cpu_s" in result
-                    else ")"
-                ),
+                f"read {result['read_s']:.2f} s; worker CPU {result['worker_cpu_s']:.2f} s: "
+                f"main thread {result['worker_main_thread_cpu_s']:.2f} s, engine thread "
+                f"{result['worker_busiest_other_thread_cpu_s']:.2f} s)",
                 file=sys.stderr,
             )
     summary = {
