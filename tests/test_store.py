@@ -67,6 +67,21 @@ def test_first_result_wins_and_counters_move_once(store: Store) -> None:
     assert store.results(job_id)[0].outputs == ["first"]
 
 
+def test_results_of_one_write_each_land_whole_whatever_their_text_holds(store: Store) -> None:
+    # Newlines, commas, quotes and line separators in outputs and prompts: each result of the
+    # write comes back whole and unchanged, counted once (the script's format must never split
+    # or join results by their text).
+    texts = ["a\nb\n\n", "x,y,,", '{"index": 1}', "\u2028\u2029\r\n", "é\\n", ""]
+    job_id = make_job(store, len(texts) + 1)
+    written = [result(i, text) for i, text in enumerate(texts)]
+    written[2] = written[2].model_copy(update={"prompt": "p\n,2"})
+    written.append(result(len(texts), error=True))
+    assert store.record({job_id: written}) == {job_id: len(written)}
+    assert store.results(job_id) == written
+    info = store.get(job_id)
+    assert (info.status, info.completed, info.failed) == (JobStatus.COMPLETED, len(texts), 1)
+
+
 def test_job_completes_when_its_last_item_lands_even_with_failures(store: Store) -> None:
     job_id = make_job(store, 2)
     store.record({job_id: [result(1, error=True)]})
