@@ -68,10 +68,10 @@ def test_first_result_wins_and_counters_move_once(store: Store) -> None:
 
 
 def test_results_of_one_write_each_land_whole_whatever_their_text_holds(store: Store) -> None:
-    # Newlines, commas, quotes and line separators in outputs and prompts: each result of the
-    # write comes back whole and unchanged, counted once (the script's format must never split
-    # or join results by their text).
-    texts = ["a\nb\n\n", "x,y,,", '{"index": 1}', "\u2028\u2029\r\n", "é\\n", ""]
+    # Each result of the write comes back whole and unchanged, counted once, whatever its text:
+    # the JSON escapes newlines and quotes, but commas, line separators (U+2028, U+2029, NEL)
+    # and non-ASCII reach the script raw, so its format must never split results by them.
+    texts = ["a\nb\n\n", "x,y,,", '{"index": 1}', "\u2028\u2029\r\n\x85", "é\\n", ""]
     job_id = make_job(store, len(texts) + 1)
     written = [result(i, text) for i, text in enumerate(texts)]
     written[2] = written[2].model_copy(update={"prompt": "p\n,2"})
